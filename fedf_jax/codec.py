@@ -1,0 +1,434 @@
+"""Wire formats: ternary packing, framed messages and byte accounting (DESIGN §2).
+
+Two packings of a ternary vector T in {-1, 0, +1}^n:
+
+* ``"2bit"`` (the paper's, Section 3.3): 4 values per byte, value ``i`` in bits
+  ``2*(i % 4)`` and ``2*(i % 4) + 1`` of byte ``i // 4``, least significant first;
+  codes ``0 -> 00``, ``+1 -> 01``, ``-1 -> 11`` (two's complement), ``10`` invalid.
+* ``"base3"``: 5 values per byte, ``byte = sum_i (T_i + 1) * 3**i``, first value
+  least significant; bytes above 242 are invalid. 1.6 bits per value, 20 % less
+  than ``"2bit"``.
+
+The tail of the last byte is padded with the value 0. The numpy functions
+(:func:`pack`, :func:`unpack`) validate and raise :class:`ValueError`; the jnp
+functions (:func:`pack_jnp`, :func:`unpack_jnp`) are jittable and cannot raise,
+so frames are validated on the host (:func:`decode_ternary`) before their payload
+reaches a jitted kernel.
+
+Every message on a real wire is a frame: a 36-byte little-endian header then the
+payload. The CRC32 covers the first 32 header bytes *and* the payload, so a
+flipped bit anywhere in the frame is caught (DESIGN §2 asks for the payload; the
+header is covered as well because its fields steer how the payload is read).
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+import zlib
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+SCHEMES = ("2bit", "base3")
+_PER_BYTE = {"2bit": 4, "base3": 5}
+_POW3 = np.array([1, 3, 9, 27, 81], dtype=np.int32)
+
+
+def _check_scheme(scheme: str) -> None:
+    if scheme not in _PER_BYTE:
+        raise ValueError(f"`scheme` (={scheme!r}) must be one of {SCHEMES}.")
+
+
+def packed_size(n: int, scheme: str = "2bit") -> int:
+    """Bytes needed for ``n`` trits: ``ceil(n / 4)`` (2bit) or ``ceil(n / 5)`` (base3)."""
+    _check_scheme(scheme)
+    if n < 0:
+        raise ValueError(f"`n` (={n}) must be >= 0.")
+    return -(-n // _PER_BYTE[scheme])
+
+
+# --------------------------------------------------------------------------- numpy
+
+
+def _is_traced(x) -> bool:
+    return isinstance(x, jax.core.Tracer)
+
+
+def pack(t, scheme: str = "2bit"):
+    """Packs a ternary vector into bytes (DESIGN §2).
+
+    Args:
+      t: i8[n] with values in {-1, 0, +1} (numpy or jax array).
+      scheme: ``"2bit"`` or ``"base3"``.
+
+    Returns:
+      u8[packed_size(n)]: a numpy array; a jax array when ``t`` is traced (under jit).
+
+    Raises:
+      ValueError: on values outside {-1, 0, +1} or an unknown scheme.
+    """
+    _check_scheme(scheme)
+    if _is_traced(t):
+        return pack_jnp(t, scheme)
+    t = np.asarray(t).reshape(-1)
+    if t.size and not np.isin(t, (-1, 0, 1)).all():
+        bad = t[~np.isin(t, (-1, 0, 1))][0]
+        raise ValueError(f"ternary values must be in {{-1, 0, 1}}, got {bad!r}.")
+    per = _PER_BYTE[scheme]
+    n = t.size
+    padded = np.zeros(packed_size(n, scheme) * per, dtype=np.int32)
+    padded[:n] = t
+    groups = padded.reshape(-1, per)
+    if scheme == "2bit":
+        codes = groups & 0b11  # two's complement: -1 -> 11, +1 -> 01, 0 -> 00
+        out = (codes << np.array([0, 2, 4, 6], dtype=np.int32)).sum(axis=1)
+    else:
+        out = ((groups + 1) * _POW3).sum(axis=1)
+    return out.astype(np.uint8)
+
+
+def unpack(buf, n: int, scheme: str = "2bit"):
+    """Unpacks bytes into a ternary vector, the inverse of :func:`pack`.
+
+    Args:
+      buf: u8[packed_size(n)] (numpy, bytes or jax array).
+      n: number of trits.
+      scheme: ``"2bit"`` or ``"base3"``.
+
+    Returns:
+      i8[n]: a numpy array; a jax array when ``buf`` is traced (no validation then).
+
+    Raises:
+      ValueError: on a wrong length, an invalid code (2-bit ``10``, base-3 byte > 242)
+        or a tail padding slot that is not the value 0.
+    """
+    _check_scheme(scheme)
+    if _is_traced(buf):
+        return unpack_jnp(buf, n, scheme)
+    if isinstance(buf, (bytes, bytearray, memoryview)):
+        buf = np.frombuffer(buf, dtype=np.uint8)
+    buf = np.asarray(buf)
+    if buf.dtype != np.uint8:
+        raise ValueError(f"packed buffer must be uint8, got dtype {buf.dtype}.")
+    buf = buf.reshape(-1)
+    expected = packed_size(n, scheme)
+    if buf.size != expected:
+        raise ValueError(
+            f"packed buffer has {buf.size} bytes; {n} trits in {scheme!r} need {expected}."
+        )
+    b = buf.astype(np.int32)
+    if scheme == "2bit":
+        codes = (b[:, None] >> np.array([0, 2, 4, 6], dtype=np.int32)) & 0b11
+        if (codes == 0b10).any():
+            pos = int(np.argmax((codes == 0b10).reshape(-1)))
+            raise ValueError(f"invalid 2-bit code 0b10 at trit {pos}.")
+        trits = np.where(codes == 0b11, -1, codes).reshape(-1)
+    else:
+        if (b > 242).any():
+            pos = int(np.argmax(b > 242))
+            raise ValueError(f"invalid base-3 byte {int(b[pos])} (> 242) at byte {pos}.")
+        trits = ((b[:, None] // _POW3) % 3 - 1).reshape(-1)
+    if trits[n:].any():
+        raise ValueError(f"tail padding after trit {n} must be the value 0.")
+    return trits[:n].astype(np.int8)
+
+
+# --------------------------------------------------------------------------- jnp
+
+
+def pack_jnp(t: jax.Array, scheme: str = "2bit") -> jax.Array:
+    """Jittable :func:`pack` (``scheme`` static); values outside {-1, 0, 1} are not checked.
+
+    Args:
+      t: i8[n] (any integer dtype) ternary vector.
+      scheme: ``"2bit"`` or ``"base3"``.
+
+    Returns:
+      u8[packed_size(n)].
+    """
+    _check_scheme(scheme)
+    per = _PER_BYTE[scheme]
+    n = t.shape[-1]
+    pad = packed_size(n, scheme) * per - n
+    t = jnp.pad(t.astype(jnp.int32), [(0, 0)] * (t.ndim - 1) + [(0, pad)])
+    groups = t.reshape(*t.shape[:-1], -1, per)
+    if scheme == "2bit":
+        out = jnp.sum((groups & 0b11) << jnp.arange(0, 8, 2, dtype=jnp.int32), axis=-1)
+    else:
+        out = jnp.sum((groups + 1) * jnp.asarray(_POW3), axis=-1)
+    return out.astype(jnp.uint8)
+
+
+def unpack_jnp(buf: jax.Array, n: int, scheme: str = "2bit") -> jax.Array:
+    """Jittable :func:`unpack` (``n``, ``scheme`` static) over the last axis.
+
+    Cannot raise under jit: the invalid 2-bit code ``10`` decodes as 0 and a base-3
+    byte > 242 decodes to arbitrary trits. Validate untrusted bytes with
+    :func:`unpack` or :func:`decode_ternary` first.
+
+    Args:
+      buf: u8[..., packed_size(n)].
+      n: number of trits.
+      scheme: ``"2bit"`` or ``"base3"``.
+
+    Returns:
+      i8[..., n].
+    """
+    _check_scheme(scheme)
+    b = buf.astype(jnp.int32)[..., None]
+    if scheme == "2bit":
+        codes = (b >> jnp.arange(0, 8, 2, dtype=jnp.int32)) & 0b11
+        # 01 -> +1, 11 -> -1, 00 and the invalid 10 -> 0.
+        trits = (codes & 1) * (1 - (codes & 2))
+    else:
+        trits = (b // jnp.asarray(_POW3)) % 3 - 1
+    trits = trits.reshape(*buf.shape[:-1], -1)[..., :n]
+    return trits.astype(jnp.int8)
+
+
+# --------------------------------------------------------------------------- frames
+
+MAGIC = b"FEDF"
+VERSION = 1
+_HEADER = struct.Struct("<4sBBBBIIQQI")
+HEADER_SIZE = _HEADER.size  # 36
+_CRC_OFFSET = HEADER_SIZE - 4
+
+
+class Kind(enum.IntEnum):
+    """Message kinds of one global epoch (DESIGN §2)."""
+
+    MODEL_DOWN = 1  # P^{t-1}, master -> worker
+    COST = 2  # C_k^t, worker -> master
+    COMMAND = 3  # SEND_MODEL / SEND_TERNARY, master -> worker
+    MODEL_UP = 4  # Q_{k*}^t, pilot -> master
+    TERNARY = 5  # packed T_k, other workers -> master
+
+
+class Payload(enum.IntEnum):
+    """Payload encodings; the element size says how ``count`` maps to bytes."""
+
+    F32 = 0
+    F64 = 1
+    TERN_2BIT = 2
+    TERN_BASE3 = 3
+    U8 = 4
+
+
+class Command(enum.IntEnum):
+    """Master's command to a worker after the pilot choice (Algorithm 2)."""
+
+    SEND_TERNARY = 0
+    SEND_MODEL = 1
+
+
+_DTYPES = {Payload.F32: np.float32, Payload.F64: np.float64, Payload.U8: np.uint8}
+_TERNARY_PAYLOADS = {"2bit": Payload.TERN_2BIT, "base3": Payload.TERN_BASE3}
+_SCHEME_OF = {v: k for k, v in _TERNARY_PAYLOADS.items()}
+
+
+def payload_size(scheme: Payload | int, count: int) -> int:
+    """Payload bytes of ``count`` elements under a payload encoding."""
+    scheme = Payload(scheme)
+    if scheme in _SCHEME_OF:
+        return packed_size(count, _SCHEME_OF[scheme])
+    return count * np.dtype(_DTYPES[scheme]).itemsize
+
+
+class Frame(NamedTuple):
+    kind: Kind
+    epoch: int
+    sender: int
+    scheme: Payload
+    count: int
+    payload: bytes
+
+
+class FrameError(ValueError):
+    """A frame failed a check; names the sender, the epoch and the reason."""
+
+    def __init__(self, reason: str, sender: int | None = None, epoch: int | None = None):
+        self.reason, self.sender, self.epoch = reason, sender, epoch
+        who = "unknown sender" if sender is None else f"sender {sender}"
+        when = "unknown epoch" if epoch is None else f"epoch {epoch}"
+        super().__init__(f"rejected frame from {who}, {when}: {reason}")
+
+
+def _as_bytes(payload) -> bytes:
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        return bytes(payload)
+    return np.ascontiguousarray(np.asarray(payload)).tobytes()
+
+
+def encode_frame(kind, epoch: int, sender: int, scheme, count: int, payload) -> bytes:
+    """Frames a payload: 36-byte header (magic, version, kind, scheme, epoch, sender,
+    count, payload length, CRC32) then the payload bytes.
+
+    Raises:
+      ValueError: if the payload length does not match ``count`` under ``scheme``.
+    """
+    kind, scheme = Kind(kind), Payload(scheme)
+    body = _as_bytes(payload)
+    if len(body) != payload_size(scheme, count):
+        raise ValueError(
+            f"payload has {len(body)} bytes; {count} elements of {scheme.name} "
+            f"need {payload_size(scheme, count)}."
+        )
+    head = _HEADER.pack(MAGIC, VERSION, kind, scheme, 0, epoch, sender, count, len(body), 0)
+    crc = zlib.crc32(body, zlib.crc32(head[:_CRC_OFFSET]))
+    return head[:_CRC_OFFSET] + struct.pack("<I", crc) + body
+
+
+def decode_frame(
+    buf, *, expected_kind=None, expected_epoch: int | None = None,
+    expected_sender: int | None = None,
+) -> Frame:
+    """Parses and checks a frame; raises :class:`FrameError` naming what is wrong."""
+    buf = _as_bytes(buf)
+    if len(buf) < HEADER_SIZE:
+        raise FrameError(f"truncated header ({len(buf)} of {HEADER_SIZE} bytes)")
+    magic, version, kind, scheme, _, epoch, sender, count, length, crc = _HEADER.unpack_from(buf)
+    if magic != MAGIC:
+        raise FrameError(f"bad magic {magic!r} (expected {MAGIC!r})")
+    if version != VERSION:
+        raise FrameError(f"unsupported version {version} (expected {VERSION})", sender, epoch)
+    body = buf[HEADER_SIZE:]
+    if len(body) != length:
+        raise FrameError(
+            f"payload is {len(body)} bytes but the header says {length}", sender, epoch
+        )
+    if zlib.crc32(body, zlib.crc32(buf[:_CRC_OFFSET])) != crc:
+        raise FrameError("CRC32 mismatch (corrupted frame)", sender, epoch)
+    if kind not in Kind._value2member_map_:
+        raise FrameError(f"unknown message kind {kind}", sender, epoch)
+    if scheme not in Payload._value2member_map_:
+        raise FrameError(f"unknown payload scheme {scheme}", sender, epoch)
+    if payload_size(scheme, count) != length:
+        raise FrameError(
+            f"{count} elements of {Payload(scheme).name} need {payload_size(scheme, count)} "
+            f"bytes, the frame has {length}", sender, epoch,
+        )
+    for name, want, got in (
+        ("kind", expected_kind, kind), ("epoch", expected_epoch, epoch),
+        ("sender", expected_sender, sender),
+    ):
+        if want is not None and int(want) != got:
+            raise FrameError(f"{name} is {got}, expected {int(want)}", sender, epoch)
+    return Frame(Kind(kind), epoch, sender, Payload(scheme), count, body)
+
+
+def encode_ternary(t, epoch: int, sender: int, scheme: str = "2bit") -> bytes:
+    """A ``TERNARY`` frame carrying ``pack(t, scheme)``."""
+    _check_scheme(scheme)
+    t = np.asarray(t)
+    return encode_frame(Kind.TERNARY, epoch, sender, _TERNARY_PAYLOADS[scheme], t.size,
+                        pack(t, scheme))
+
+
+def decode_ternary(
+    buf, n: int, *, expected_epoch: int | None = None, expected_sender: int | None = None,
+) -> np.ndarray:
+    """Checks a ``TERNARY`` frame of ``n`` trits and returns them as i8[n]."""
+    frame = decode_frame(buf, expected_kind=Kind.TERNARY, expected_epoch=expected_epoch,
+                         expected_sender=expected_sender)
+    if frame.scheme not in _SCHEME_OF:
+        raise FrameError(f"payload scheme {frame.scheme.name} is not a ternary packing",
+                         frame.sender, frame.epoch)
+    if frame.count != n:
+        raise FrameError(f"{frame.count} trits, expected {n}", frame.sender, frame.epoch)
+    try:
+        return unpack(frame.payload, n, _SCHEME_OF[frame.scheme])
+    except ValueError as e:
+        raise FrameError(str(e), frame.sender, frame.epoch) from None
+
+
+def encode_array(kind, arr, epoch: int, sender: int) -> bytes:
+    """A frame carrying a float32, float64 or uint8 array."""
+    arr = np.asarray(arr)
+    for scheme, dtype in _DTYPES.items():
+        if arr.dtype == dtype:
+            return encode_frame(kind, epoch, sender, scheme, arr.size, arr)
+    raise ValueError(f"array dtype {arr.dtype} has no frame encoding (float32, float64, uint8).")
+
+
+def decode_array(
+    buf, *, expected_kind=None, expected_epoch: int | None = None,
+    expected_sender: int | None = None, expected_count: int | None = None,
+) -> np.ndarray:
+    """Checks a frame made by :func:`encode_array` and returns its 1-D array."""
+    frame = decode_frame(buf, expected_kind=expected_kind, expected_epoch=expected_epoch,
+                         expected_sender=expected_sender)
+    if frame.scheme not in _DTYPES:
+        raise FrameError(f"payload scheme {frame.scheme.name} is not a plain array",
+                         frame.sender, frame.epoch)
+    if expected_count is not None and frame.count != expected_count:
+        raise FrameError(f"{frame.count} elements, expected {expected_count}",
+                         frame.sender, frame.epoch)
+    return np.frombuffer(frame.payload, dtype=_DTYPES[frame.scheme]).copy()
+
+
+# --------------------------------------------------------------------------- bytes
+
+
+def paper_bytes_per_epoch(model_bytes: float, n_workers: int) -> float:
+    """Eq. (8): ``D = V (N + 1) + V (N - 1) / 16`` bytes per global epoch."""
+    v, n = model_bytes, n_workers
+    return v * (n + 1) + v * (n - 1) / 16
+
+
+class EpochBytes(NamedTuple):
+    """Bytes of one FEDF epoch by message class; ``header`` covers every frame."""
+
+    down: int  # P^{t-1} to each of the N workers
+    up_model: int  # the pilot's Q
+    up_ternary: int  # N - 1 packed ternaries
+    other: int  # costs (float64) and one-byte commands
+    header: int  # HEADER_SIZE per frame, 4N frames
+    total: int
+
+
+def epoch_bytes(n_params: int, n_workers: int, scheme: str = "2bit",
+                has_pilot: bool = True) -> EpochBytes:
+    """Counts the frames of one FEDF epoch (DESIGN §2).
+
+    Per epoch: P^{t-1} to each of the N workers, N costs (float64), N one-byte
+    commands, then the pilot's model and N - 1 packed ternaries. With no usable
+    pilot (every cost non-finite) nothing is uploaded.
+
+    Args:
+      n_params: M.
+      n_workers: N.
+      scheme: ternary packing.
+      has_pilot: whether a pilot was chosen.
+
+    Returns:
+      EpochBytes; ``down + up_model + up_ternary`` equals Eq. (8) for ``"2bit"``
+      when M is a multiple of 4 (otherwise each ternary rounds up to whole bytes).
+    """
+    m, n = n_params, n_workers
+    n_models, n_ternaries = (1, n - 1) if has_pilot else (0, 0)
+    down = n * payload_size(Payload.F32, m)
+    up_model = n_models * payload_size(Payload.F32, m)
+    up_ternary = n_ternaries * packed_size(m, scheme)
+    other = n * payload_size(Payload.F64, 1) + n * payload_size(Payload.U8, 1)
+    header = HEADER_SIZE * (3 * n + n_models + n_ternaries)
+    return EpochBytes(down, up_model, up_ternary, other, header,
+                      down + up_model + up_ternary + other + header)
+
+
+def bits_per_trit(scheme: str) -> float:
+    """Wire cost of one trit: 2 (2bit) or 1.6 (base3); the bound is log2(3)."""
+    _check_scheme(scheme)
+    return 8 / _PER_BYTE[scheme]
+
+
+__all__ = [
+    "SCHEMES", "HEADER_SIZE", "Kind", "Payload", "Command", "Frame", "FrameError",
+    "EpochBytes", "pack", "unpack", "pack_jnp", "unpack_jnp", "packed_size",
+    "payload_size", "encode_frame", "decode_frame", "encode_ternary", "decode_ternary",
+    "encode_array", "decode_array", "paper_bytes_per_epoch", "epoch_bytes",
+    "bits_per_trit",
+]

@@ -1,0 +1,196 @@
+"""The FEDF equations (paper Section 3; DESIGN §1 and §4): the one source of truth.
+
+Pure, jitted functions of flat parameter vectors, no I/O. ``epoch`` is 1-based
+and traced: the t = 1 rules are chosen with ``jnp.where``, so moving from epoch 1
+to epoch 2 does not recompile. At t = 1, ``p_prev`` is P^0 and ``p_prev2`` is
+ignored. ``alpha``/``beta`` may be scalars or per-worker arrays of shape [N].
+
+The sign of Eq. (3): the paper prints ``Q - ...`` (``direction=-1``); its own
+Appendix A (Fig. A.5) says a parameter that keeps moving the same way pushes the
+pilot's model forward, which is ``Q + ...`` (``direction=+1``, the default).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from fedf_jax import codec
+
+_f32 = jnp.float32
+
+
+@jax.jit
+def goodness(costs: ArrayLike, prev_costs: ArrayLike, sizes: ArrayLike,
+             epoch: ArrayLike) -> jax.Array:
+    """Goodness of each worker's local model, Eq. (1).
+
+    ``G_k = S_k / C_k^t`` at t = 1 and ``G_k = S_k (C_k^{t-1} - C_k^t)`` after.
+    Non-finite costs give non-finite goodness, which :func:`select_pilot` skips.
+
+    Args:
+      costs: f32[N] C^t, mean training loss of each Q_k^t.
+      prev_costs: f32[N] C^{t-1} (ignored at t = 1).
+      sizes: [N] S_k.
+      epoch: t, 1-based.
+
+    Returns:
+      f32[N].
+    """
+    costs = jnp.asarray(costs, _f32)
+    sizes = jnp.asarray(sizes, _f32)
+    first = sizes / costs
+    later = sizes * (jnp.asarray(prev_costs, _f32) - costs)
+    return jnp.where(epoch == 1, first, later)
+
+
+@jax.jit
+def select_pilot(goodness_values: ArrayLike) -> jax.Array:
+    """The pilot k* = argmax_k G_k (Section 3.2).
+
+    Ties go to the lowest index; a non-finite goodness is never chosen.
+
+    Args:
+      goodness_values: f32[N].
+
+    Returns:
+      i32[] the pilot's index, or -1 when no goodness is finite.
+    """
+    g = jnp.asarray(goodness_values, _f32)
+    finite = jnp.isfinite(g)
+    best = jnp.argmax(jnp.where(finite, g, -jnp.inf))  # first maximum on ties
+    return jnp.where(finite.any(), best, -1).astype(jnp.int32)
+
+
+@jax.jit
+def ternarize(q: ArrayLike, p_prev: ArrayLike, p_prev2: ArrayLike, alpha: ArrayLike,
+              beta: ArrayLike, epoch: ArrayLike) -> jax.Array:
+    """Ternary vector T_k of one worker, Eq. (5); Eq. (4) at t = 1.
+
+    t = 1: ``-1`` if ``Q - P^0 < -alpha_k``, ``+1`` if ``Q - P^0 > alpha_k``, else 0.
+    t >= 2: 0 if ``|Q - P^{t-1}| < beta_k |P^{t-1} - P^{t-2}|``, else ``sign(f)`` with
+    ``f = (Q - P^{t-1}) (P^{t-1} - P^{t-2})``.
+
+    Args:
+      q: f32[M] the worker's local model Q_k^t.
+      p_prev: f32[M] P^{t-1} (P^0 at t = 1).
+      p_prev2: f32[M] P^{t-2} (ignored at t = 1).
+      alpha: the worker's learning rate alpha_k (Eq. 4).
+      beta: the worker's threshold beta_k (Eq. 5).
+      epoch: t, 1-based.
+
+    Returns:
+      i8[M] in {-1, 0, +1}.
+    """
+    delta = jnp.asarray(q, _f32) - jnp.asarray(p_prev, _f32)
+    step = jnp.asarray(p_prev, _f32) - jnp.asarray(p_prev2, _f32)
+    first = jnp.where(delta > alpha, 1, jnp.where(delta < -alpha, -1, 0))
+    # sign(delta * step) computed as sign(delta) * sign(step): the same value, but the
+    # product of two tiny float32 steps could underflow to 0.
+    later = jnp.where(jnp.abs(delta) < beta * jnp.abs(step), 0,
+                      jnp.sign(delta).astype(jnp.int32) * jnp.sign(step).astype(jnp.int32))
+    return jnp.where(epoch == 1, first, later).astype(jnp.int8)
+
+
+def update_weights(sizes: ArrayLike, pilot: ArrayLike, alpha0: ArrayLike, beta: ArrayLike,
+                   epoch: ArrayLike, mask: ArrayLike | None = None) -> jax.Array:
+    """Per-worker coefficients of the ternaries in Eq. (3).
+
+    ``alpha0 p_k`` at t = 1 and ``p_k beta_k`` after, with ``p_k = S_k / S`` over all
+    N workers; 0 for the pilot and for workers whose ternary is dropped (``mask``).
+
+    Returns:
+      f32[N].
+    """
+    sizes = jnp.asarray(sizes, _f32)
+    n = sizes.shape[0]
+    p = sizes / jnp.sum(sizes)
+    beta = jnp.broadcast_to(jnp.asarray(beta, _f32), (n,))
+    w = jnp.where(epoch == 1, alpha0 * p, p * beta)
+    keep = jnp.arange(n) != pilot
+    if mask is not None:
+        keep = keep & jnp.asarray(mask, bool)
+    return jnp.where(keep, w, 0.0).astype(_f32)
+
+
+def _apply(q_pilot, trits, weights, p_prev, p_prev2, epoch, direction):
+    """``Q + d * (sum_k w_k T_k) * (1 or P^{t-1} - P^{t-2})``, the shape of Eq. (3)."""
+    votes = jnp.sum(weights[:, None] * trits.astype(_f32), axis=0)
+    step = jnp.asarray(p_prev, _f32) - jnp.asarray(p_prev2, _f32)
+    scale = jnp.where(epoch == 1, jnp.ones_like(step), step)
+    return jnp.asarray(q_pilot, _f32) + direction * votes * scale
+
+
+@functools.partial(jax.jit, static_argnames=("direction",))
+def master_update(q_pilot: ArrayLike, ternaries: ArrayLike, sizes: ArrayLike,
+                  pilot: ArrayLike, p_prev: ArrayLike, p_prev2: ArrayLike,
+                  alpha0: ArrayLike, beta: ArrayLike, epoch: ArrayLike,
+                  direction: int = 1) -> jax.Array:
+    """The master's new global model P^t, Eq. (3).
+
+    t = 1: ``P^t = Q_{k*} + d alpha0 sum_{k != k*} p_k T_k``;
+    t > 1: ``P^t = Q_{k*} + d sum_{k != k*} p_k beta_k T_k (P^{t-1} - P^{t-2})``.
+
+    Args:
+      q_pilot: f32[M] the pilot's model Q_{k*}^t.
+      ternaries: i8[N, M]; the pilot's row is ignored.
+      sizes: [N] S_k.
+      pilot: k*.
+      p_prev: f32[M] P^{t-1}.
+      p_prev2: f32[M] P^{t-2} (ignored at t = 1).
+      alpha0: the master's learning rate.
+      beta: scalar or f32[N].
+      epoch: t, 1-based.
+      direction: d, +1 (default, Appendix A) or -1 (Eq. 3 as printed).
+
+    Returns:
+      f32[M].
+    """
+    _check_direction(direction)
+    w = update_weights(sizes, pilot, alpha0, beta, epoch)
+    return _apply(q_pilot, jnp.asarray(ternaries), w, p_prev, p_prev2, epoch, direction)
+
+
+@functools.partial(jax.jit, static_argnames=("scheme",))
+def ternarize_pack(q: ArrayLike, p_prev: ArrayLike, p_prev2: ArrayLike, alpha: ArrayLike,
+                   beta: ArrayLike, epoch: ArrayLike, scheme: str = "2bit") -> jax.Array:
+    """Fused worker kernel: ``codec.pack(ternarize(...), scheme)`` in one pass.
+
+    Returns:
+      u8[packed_size(M, scheme)].
+    """
+    return codec.pack_jnp(ternarize(q, p_prev, p_prev2, alpha, beta, epoch), scheme)
+
+
+@functools.partial(jax.jit, static_argnames=("direction", "scheme"))
+def unpack_update(q_pilot: ArrayLike, packed: ArrayLike, sizes: ArrayLike, pilot: ArrayLike,
+                  p_prev: ArrayLike, p_prev2: ArrayLike, alpha0: ArrayLike, beta: ArrayLike,
+                  epoch: ArrayLike, direction: int = 1, scheme: str = "2bit",
+                  mask: ArrayLike | None = None) -> jax.Array:
+    """Fused master kernel: unpack every ternary and apply Eq. (3) in one pass.
+
+    Equal to ``master_update(q_pilot, unpack(packed), ...)`` with the rows where
+    ``mask`` is False treated as all-zero ternaries (dropped contributions).
+
+    Args:
+      q_pilot: f32[M].
+      packed: u8[N, packed_size(M, scheme)]; the pilot's row is ignored.
+      mask: optional bool[N], False drops a worker's ternary.
+      (others as in :func:`master_update`)
+
+    Returns:
+      f32[M].
+    """
+    _check_direction(direction)
+    m = jnp.shape(q_pilot)[-1]
+    trits = codec.unpack_jnp(jnp.asarray(packed), m, scheme)
+    w = update_weights(sizes, pilot, alpha0, beta, epoch, mask)
+    return _apply(q_pilot, trits, w, p_prev, p_prev2, epoch, direction)
+
+
+def _check_direction(direction: int) -> None:
+    if direction not in (1, -1):
+        raise ValueError(f"`direction` (={direction}) must be +1 or -1.")

@@ -1,0 +1,247 @@
+"""The worker side of one global epoch (Algorithm 2): local training, cost, message.
+
+Everything here is written for ONE worker and vmapped over workers by the
+backends. A worker's private hyper-parameters (:class:`WorkerSpec`) travel as
+arrays (:class:`HParams`), so workers with different learning rates, batch sizes,
+local epoch counts and data sizes share one compiled program: every worker runs
+the same number of scan steps with a batch of the largest size, and a mask makes
+the surplus steps no-ops and the surplus batch rows weightless. Only the optimizer
+kind changes the program; backends vmap one group per kind.
+
+PRNG: worker ``k`` at global epoch ``t`` uses ``fold_in(fold_in(train_key, t), k)``
+and local epoch ``e`` folds in ``e``; the shuffle draws one number per sample
+index, so a worker's order does not depend on how much padding its group has
+(this relies on ``jax_threefry_partitionable``, on by default since JAX 0.5).
+Same keys under vmap, shard_map and MPI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.typing import ArrayLike
+
+from fedf_jax import protocol
+from fedf_jax.models import Model
+
+OPTIMIZERS = ("sgd", "momentum", "adam")
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerSpec:
+    """A worker's private training hyper-parameters (never sent to the master).
+
+    Attributes:
+      lr: learning rate alpha_k; also the threshold of Eq. (4) at t = 1.
+      batch_size: mini-batch size.
+      local_epochs: passes over the local set per global epoch.
+      optimizer: ``"sgd"``, ``"momentum"`` or ``"adam"`` (optax).
+      momentum: the momentum coefficient of ``"momentum"``.
+    """
+
+    lr: float = 0.2
+    batch_size: int = 10
+    local_epochs: int = 1
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+
+    def __post_init__(self):
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"`lr` (={self.lr}) must be a positive number.")
+        if int(self.batch_size) != self.batch_size or self.batch_size < 1:
+            raise ValueError(f"`batch_size` (={self.batch_size}) must be an integer >= 1.")
+        if int(self.local_epochs) != self.local_epochs or self.local_epochs < 1:
+            raise ValueError(f"`local_epochs` (={self.local_epochs}) must be an integer >= 1.")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"`optimizer` (={self.optimizer!r}) must be one of {OPTIMIZERS}.")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"`momentum` (={self.momentum}) must be in [0, 1).")
+
+
+class HParams(NamedTuple):
+    """A worker's spec as arrays (one row per worker once stacked)."""
+
+    lr: jax.Array  # f32[]
+    batch_size: jax.Array  # i32[]
+    local_epochs: jax.Array  # i32[]
+    momentum: jax.Array  # f32[]
+
+
+def stack_hparams(specs) -> HParams:
+    """[WorkerSpec] -> HParams of arrays with a leading worker axis."""
+    return HParams(
+        lr=np.array([s.lr for s in specs], np.float32),
+        batch_size=np.array([s.batch_size for s in specs], np.int32),
+        local_epochs=np.array([s.local_epochs for s in specs], np.int32),
+        momentum=np.array([s.momentum for s in specs], np.float32),
+    )
+
+
+class Shapes(NamedTuple):
+    """The static sizes of a group's compiled program (from the largest worker)."""
+
+    steps: int  # scan length: max_k local_epochs_k * ceil(S_k / b_k)
+    batch: int  # max_k b_k
+    local_epochs: int  # max_k local_epochs_k
+    eval_chunk: int  # rows per chunk of the cost pass
+
+
+def group_shapes(specs, sizes, eval_chunk: int = 2048) -> Shapes:
+    """Static scan and batch sizes covering every worker of a group."""
+    steps = max(s.local_epochs * -(-int(n) // s.batch_size) for s, n in zip(specs, sizes,
+                                                                            strict=True))
+    return Shapes(steps=steps, batch=max(s.batch_size for s in specs),
+                  local_epochs=max(s.local_epochs for s in specs),
+                  eval_chunk=min(eval_chunk, int(max(sizes))))
+
+
+def make_optimizer(kind: str, hp: HParams) -> optax.GradientTransformation:
+    """The optax optimizer of a kind, with this worker's (traced) hyper-parameters."""
+    if kind == "sgd":
+        return optax.sgd(hp.lr)
+    if kind == "momentum":
+        return optax.sgd(hp.lr, momentum=hp.momentum)
+    if kind == "adam":
+        return optax.adam(hp.lr)
+    raise ValueError(f"`optimizer` (={kind!r}) must be one of {OPTIMIZERS}.")
+
+
+def init_opt_state(kind: str, hp: HParams, p: jax.Array):
+    """The optimizer state of one worker for parameters shaped like ``p``."""
+    return make_optimizer(kind, hp).init(p)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-example softmax cross-entropy. f32[B, C], i32[B] -> f32[B]."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def _shuffle(key: jax.Array, size: jax.Array, capacity: int) -> jax.Array:
+    """A random order of the first ``size`` of ``capacity`` rows, padding rows last.
+
+    With JAX's partitionable threefry (the default), the i-th uniform of a draw
+    depends on ``key`` and ``i`` only, so a worker's order is the same whatever
+    ``capacity`` its group pads to.
+    """
+    u = jax.random.uniform(key, (capacity,))
+    return jnp.argsort(jnp.where(jnp.arange(capacity) < size, u, 2.0))
+
+
+def local_train(model: Model, kind: str, shapes: Shapes, p: jax.Array, opt_state,
+                x: jax.Array, y: jax.Array, size: jax.Array, hp: HParams,
+                key: jax.Array):
+    """Trains one worker from P^{t-1} with its private spec (Algorithm 2, line 1).
+
+    Args:
+      model: the model.
+      kind: optimizer kind (static).
+      shapes: static step and batch sizes of the group.
+      p: f32[M] the global model P^{t-1}.
+      opt_state: the worker's optimizer state (kept across global epochs).
+      x: f32[S_max, ...] the worker's padded local set; y: i32[S_max]; size: S_k.
+      hp: the worker's hyper-parameters.
+      key: the worker's key for this global epoch.
+
+    Returns:
+      (q, opt_state): f32[M] the local model Q_k^t and the new optimizer state.
+    """
+    tx = make_optimizer(kind, hp)
+    capacity = x.shape[0]
+    perms = jax.vmap(lambda e: _shuffle(jax.random.fold_in(key, e), size, capacity))(
+        jnp.arange(shapes.local_epochs))
+    n_batches = (size + hp.batch_size - 1) // hp.batch_size
+    total = hp.local_epochs * n_batches
+    rows = jnp.arange(shapes.batch)
+
+    def loss_fn(params, xb, yb, weight):
+        return jnp.sum(weight * cross_entropy(model.apply(params, xb), yb))
+
+    def step(carry, s):
+        params, state = carry
+        e, j = s // n_batches, s % n_batches
+        pos = j * hp.batch_size + rows
+        valid = (rows < hp.batch_size) & (pos < size)
+        idx = perms[jnp.minimum(e, shapes.local_epochs - 1), jnp.minimum(pos, capacity - 1)]
+        weight = valid / jnp.maximum(valid.sum(), 1)  # the mean over the real batch rows
+        grads = jax.grad(loss_fn)(params, x[idx], y[idx], weight)
+        updates, new_state = tx.update(grads, state, params)
+        active = s < total  # surplus steps of a worker with less work are no-ops
+        params = jnp.where(active, params + updates, params)
+        state = jax.tree.map(lambda a, b: jnp.where(active, a, b), new_state, state)
+        return (params, state), None
+
+    (q, opt_state), _ = jax.lax.scan(step, (p, opt_state), jnp.arange(shapes.steps))
+    return q, opt_state
+
+
+def evaluate(model: Model, p: jax.Array, x: jax.Array, y: jax.Array, size: ArrayLike,
+             chunk: int):
+    """Mean loss and accuracy of ``p`` over the first ``size`` rows, in chunks.
+
+    Args:
+      p: f32[M]; x: f32[S, ...]; y: i32[S]; size: rows that count; chunk: rows per
+        forward pass (static).
+
+    Returns:
+      (loss, accuracy): f32[], f32[].
+    """
+    n = x.shape[0]
+    chunks = -(-n // chunk)
+    pad = chunks * chunk - n
+    xs = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(chunks, chunk, *x.shape[1:])
+    ys = jnp.pad(y, (0, pad)).reshape(chunks, chunk)
+    mask = (jnp.arange(chunks * chunk) < size).reshape(chunks, chunk)
+
+    def body(acc, inputs):
+        xb, yb, mb = inputs
+        logits = model.apply(p, xb)
+        loss = jnp.sum(mb * cross_entropy(logits, yb))
+        hits = jnp.sum(mb * (jnp.argmax(logits, -1) == yb))
+        return (acc[0] + loss, acc[1] + hits), None
+
+    (loss, hits), _ = jax.lax.scan(body, (jnp.float32(0), jnp.float32(0)), (xs, ys, mask))
+    count = jnp.maximum(jnp.asarray(size, jnp.float32), 1.0)
+    return loss / count, hits / count
+
+
+def train_and_cost(model: Model, kind: str, shapes: Shapes, p: jax.Array, opt_state,
+                   x: jax.Array, y: jax.Array, size: jax.Array, hp: HParams,
+                   key: jax.Array):
+    """Local training then the cost pass C_k^t (mean training loss of Q_k^t).
+
+    A worker whose model or cost is not finite reports a NaN cost (so it is never
+    the pilot and its ternary is dropped) and restarts its optimizer next epoch.
+
+    Returns:
+      (q, cost, opt_state): f32[M], f32[], the optimizer state.
+    """
+    q, new_state = local_train(model, kind, shapes, p, opt_state, x, y, size, hp, key)
+    cost, _ = evaluate(model, q, x, y, size, shapes.eval_chunk)
+    ok = jnp.isfinite(cost) & jnp.all(jnp.isfinite(q))
+    cost = jnp.where(ok, cost, jnp.nan)
+    fresh = init_opt_state(kind, hp, p)
+    new_state = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_state, fresh)
+    return q, cost, new_state
+
+
+def ternary_message(q: jax.Array, p_prev: jax.Array, p_prev2: jax.Array, alpha: ArrayLike,
+                    beta: ArrayLike, epoch: ArrayLike, scheme: str):
+    """The packed ternary T_k (Eq. 4/5) and its count of non-zero trits.
+
+    Returns:
+      (packed, nonzero): u8[packed_size(M)], i32[].
+    """
+    packed = protocol.ternarize_pack(q, p_prev, p_prev2, alpha, beta, epoch, scheme)
+    nonzero = jnp.sum(protocol.ternarize(q, p_prev, p_prev2, alpha, beta, epoch) != 0)
+    return packed, nonzero
+
+
+def worker_key(train_key: jax.Array, epoch: ArrayLike, worker_id: ArrayLike) -> jax.Array:
+    """The key of worker ``worker_id`` at global epoch ``epoch`` (STYLE: fold_in, not order)."""
+    return jax.random.fold_in(jax.random.fold_in(train_key, epoch), worker_id)

@@ -1,0 +1,130 @@
+"""FEDF vmap epoch vs a bare vmap FedAvg round, in one process.
+
+Digits, MLP 64-128-10, every worker with the same number of samples, one local
+epoch of SGD with batch 10. The FedAvg round below is written here, on purpose
+without the library: vmapped local SGD over all clients, then the example-weighted
+mean. Both run interleaved on the same data; the figure that matters is the ratio.
+
+    python sims/bench/round_time.py                    # 100, 1000, 10000 workers
+    python sims/bench/round_time.py --workers 100 1000 --rounds 20 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fedf_jax import master, worker
+from fedf_jax.backends import vmap as vb
+from fedf_jax.data import load_dataset, sample_workers
+from fedf_jax.models import make_model
+
+
+def bare_fedavg_round(apply, steps: int, batch: int, lr: float):
+    """One FedAvg round: every client runs SGD over its shuffled data, then a weighted mean."""
+
+    def client(p, x, y, key):
+        order = jax.random.permutation(key, x.shape[0])
+
+        def step(p, s):
+            idx = jax.lax.dynamic_slice_in_dim(order, s * batch, batch)
+
+            def loss(p):
+                logits = apply(p, x[idx])
+                return optax.softmax_cross_entropy_with_integer_labels(logits, y[idx]).mean()
+
+            return p - lr * jax.grad(loss)(p), None
+
+        p, _ = jax.lax.scan(step, p, jnp.arange(steps))
+        return p
+
+    def round_(p, x, y, sizes, key):
+        keys = jax.random.split(key, x.shape[0])
+        q = jax.vmap(client, in_axes=(None, 0, 0, 0))(p, x, y, keys)
+        w = sizes / sizes.sum()
+        return jnp.tensordot(w, q, axes=1)
+
+    return jax.jit(round_, donate_argnums=0)
+
+
+def timed(fn, *args):
+    t0 = time.perf_counter()
+    out = fn(*args)
+    jax.block_until_ready(out)
+    return out, time.perf_counter() - t0
+
+
+def bench(n_workers: int, samples: int, rounds: int, batch: int = 10, lr: float = 0.05):
+    ds = load_dataset("digits")
+    wd = sample_workers(ds.x_train, ds.y_train, n_workers, samples, seed=0)
+    model = make_model("mlp", ds.x_train.shape[1:], ds.num_classes)
+    p0 = model.init(jax.random.key(0))
+
+    # FEDF: the library's vmap backend.
+    specs = [worker.WorkerSpec(lr=lr, batch_size=batch, local_epochs=1)] * n_workers
+    cfg = master.MasterConfig()
+    plan = vb.make_plan(specs, wd.sizes, len(ds.y_test))
+    data = vb.make_data(plan, wd.x, wd.y, wd.sizes, specs, cfg.betas(n_workers),
+                        ds.x_test, ds.y_test, jax.random.key(1))
+    state = vb.init_state(plan, data, p0)
+    fedf = vb.make_epoch_fn(model, plan, cfg)
+
+    # FedAvg: written above, same data on the device.
+    fx, fy = jnp.asarray(wd.x), jnp.asarray(wd.y)
+    fsizes = jnp.asarray(wd.sizes, jnp.float32)
+    fedavg = bare_fedavg_round(model.apply, samples // batch, batch, lr)
+    p = jnp.array(p0)
+
+    (state, _), fedf_compile = timed(fedf, state, data)
+    p, avg_compile = timed(fedavg, p, fx, fy, fsizes, jax.random.key(2))
+    fedf_t, avg_t = [], []
+    for r in range(rounds):  # interleaved, so both see the same machine load
+        (state, _), dt = timed(fedf, state, data)
+        fedf_t.append(dt)
+        p, dt = timed(fedavg, p, fx, fy, fsizes, jax.random.key(3 + r))
+        avg_t.append(dt)
+    return {
+        "workers": n_workers, "samples_per_worker": samples, "num_params": model.num_params,
+        "fedf_median_s": statistics.median(fedf_t), "fedavg_median_s": statistics.median(avg_t),
+        "ratio": statistics.median(fedf_t) / statistics.median(avg_t),
+        "ratio_of_mins": min(fedf_t) / min(avg_t),
+        "fedf_compile_s": fedf_compile, "fedavg_compile_s": avg_compile,
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, nargs="+", default=[100, 1000, 10000])
+    parser.add_argument("--samples", type=int, default=20, help="samples per worker")
+    parser.add_argument("--rounds", type=int, default=0,
+                        help="timed rounds per size (default: 30, 15, 7 by size)")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, "
+          f"devices {jax.devices()}")
+    print(f"{'workers':>8} {'FedAvg ms':>10} {'FEDF ms':>10} {'ratio':>6} {'min ratio':>9} "
+          f"{'FEDF compile s':>14} {'FedAvg compile s':>16}")
+    results = []
+    for n in args.workers:
+        rounds = args.rounds or (30 if n <= 100 else 15 if n <= 1000 else 7)
+        r = bench(n, args.samples, rounds)
+        results.append(r)
+        print(f"{n:>8} {1e3 * r['fedavg_median_s']:>10.2f} {1e3 * r['fedf_median_s']:>10.2f} "
+              f"{r['ratio']:>6.2f} {r['ratio_of_mins']:>9.2f} {r['fedf_compile_s']:>14.2f} "
+              f"{r['fedavg_compile_s']:>16.2f}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": platform.platform(), "jax": jax.__version__,
+                       "results": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
