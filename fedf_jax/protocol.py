@@ -29,7 +29,8 @@ def goodness(costs: ArrayLike, prev_costs: ArrayLike, sizes: ArrayLike,
     """Goodness of each worker's local model, Eq. (1).
 
     ``G_k = S_k / C_k^t`` at t = 1 and ``G_k = S_k (C_k^{t-1} - C_k^t)`` after.
-    Non-finite costs give non-finite goodness, which :func:`select_pilot` skips.
+    A non-finite cost (this epoch's, or at t > 1 the previous one) gives a NaN
+    goodness, which :func:`select_pilot` never picks; ``S / inf = 0`` would not do.
 
     Args:
       costs: f32[N] C^t, mean training loss of each Q_k^t.
@@ -43,8 +44,10 @@ def goodness(costs: ArrayLike, prev_costs: ArrayLike, sizes: ArrayLike,
     costs = jnp.asarray(costs, _f32)
     sizes = jnp.asarray(sizes, _f32)
     first = sizes / costs
-    later = sizes * (jnp.asarray(prev_costs, _f32) - costs)
-    return jnp.where(epoch == 1, first, later)
+    prev_costs = jnp.asarray(prev_costs, _f32)
+    later = sizes * (prev_costs - costs)
+    ok = jnp.isfinite(costs) & ((epoch == 1) | jnp.isfinite(prev_costs))
+    return jnp.where(ok, jnp.where(epoch == 1, first, later), jnp.nan)
 
 
 @jax.jit
