@@ -189,6 +189,29 @@ def unpack_jnp(buf: jax.Array, n: int, scheme: str = "2bit") -> jax.Array:
     return trits.astype(jnp.int8)
 
 
+# Non-zero trits in each base-3 byte value (bytes > 242 are invalid: counted as 0).
+_BASE3_NONZERO = np.array(
+    [sum((b // 3**i) % 3 != 1 for i in range(5)) if b <= 242 else 0 for b in range(256)],
+    dtype=np.int32)
+
+
+def count_nonzero_jnp(buf: jax.Array, scheme: str = "2bit") -> jax.Array:
+    """Non-zero trits in packed bytes (padding trits are 0), summed over the last axis.
+
+    For ``"2bit"`` a trit is non-zero exactly when the low bit of its code is set
+    (``01`` or ``11``), so this is a popcount of ``byte & 0b01010101``.
+
+    Returns:
+      i32[...] (the leading axes of ``buf``).
+    """
+    _check_scheme(scheme)
+    if scheme == "2bit":
+        counts = jax.lax.population_count(buf.astype(jnp.uint8) & 0x55).astype(jnp.int32)
+    else:
+        counts = jnp.asarray(_BASE3_NONZERO)[buf.astype(jnp.int32)]
+    return jnp.sum(counts, axis=-1)
+
+
 # --------------------------------------------------------------------------- frames
 
 MAGIC = b"FEDF"
@@ -427,7 +450,7 @@ def bits_per_trit(scheme: str) -> float:
 
 __all__ = [
     "SCHEMES", "HEADER_SIZE", "Kind", "Payload", "Command", "Frame", "FrameError",
-    "EpochBytes", "pack", "unpack", "pack_jnp", "unpack_jnp", "packed_size",
+    "EpochBytes", "pack", "unpack", "pack_jnp", "unpack_jnp", "count_nonzero_jnp", "packed_size",
     "payload_size", "encode_frame", "decode_frame", "encode_ternary", "decode_ternary",
     "encode_array", "decode_array", "paper_bytes_per_epoch", "epoch_bytes",
     "bits_per_trit",

@@ -119,9 +119,34 @@ def update_weights(sizes: ArrayLike, pilot: ArrayLike, alpha0: ArrayLike, beta: 
     return jnp.where(keep, w, 0.0).astype(_f32)
 
 
-def _apply(q_pilot, trits, weights, p_prev, p_prev2, epoch, direction):
-    """``Q + d * (sum_k w_k T_k) * (1 or P^{t-1} - P^{t-2})``, the shape of Eq. (3)."""
-    votes = jnp.sum(weights[:, None] * trits.astype(_f32), axis=0)
+_CHUNK = 64  # rows of ternaries decoded and summed per step of the master's reduction
+
+
+def _weighted_rows(rows: jax.Array, weights: jax.Array, decode) -> jax.Array:
+    """``sum_k w_k decode(rows)_k`` over the leading axis, in chunks of rows.
+
+    A scan over chunks keeps the f32[M] accumulator in cache and never
+    materialises the N decoded rows at once; one reduction over all N rows
+    strides through memory and is several times slower on CPU.
+    """
+    n = rows.shape[0]
+    c = min(n, _CHUNK)
+    pad = -n % c
+    if pad:  # zero weights: the padding rows add nothing whatever they decode to
+        rows = jnp.pad(rows, [(0, pad)] + [(0, 0)] * (rows.ndim - 1))
+        weights = jnp.pad(weights, (0, pad))
+    rows = rows.reshape(-1, c, *rows.shape[1:])
+
+    def body(acc, chunk):
+        w, r = chunk
+        return acc + jnp.sum(w[:, None] * decode(r), axis=0), None
+
+    init = jnp.zeros(decode(rows[0, :1]).shape[1:], _f32)
+    return jax.lax.scan(body, init, (weights.reshape(-1, c), rows))[0]
+
+
+def _apply(q_pilot, votes, p_prev, p_prev2, epoch, direction):
+    """``Q + d * votes * (1 or P^{t-1} - P^{t-2})``, the shape of Eq. (3)."""
     step = jnp.asarray(p_prev, _f32) - jnp.asarray(p_prev2, _f32)
     scale = jnp.where(epoch == 1, jnp.ones_like(step), step)
     return jnp.asarray(q_pilot, _f32) + direction * votes * scale
@@ -154,7 +179,8 @@ def master_update(q_pilot: ArrayLike, ternaries: ArrayLike, sizes: ArrayLike,
     """
     _check_direction(direction)
     w = update_weights(sizes, pilot, alpha0, beta, epoch)
-    return _apply(q_pilot, jnp.asarray(ternaries), w, p_prev, p_prev2, epoch, direction)
+    votes = _weighted_rows(jnp.asarray(ternaries), w, lambda r: r.astype(_f32))
+    return _apply(q_pilot, votes, p_prev, p_prev2, epoch, direction)
 
 
 @functools.partial(jax.jit, static_argnames=("scheme",))
@@ -189,9 +215,10 @@ def unpack_update(q_pilot: ArrayLike, packed: ArrayLike, sizes: ArrayLike, pilot
     """
     _check_direction(direction)
     m = jnp.shape(q_pilot)[-1]
-    trits = codec.unpack_jnp(jnp.asarray(packed), m, scheme)
     w = update_weights(sizes, pilot, alpha0, beta, epoch, mask)
-    return _apply(q_pilot, trits, w, p_prev, p_prev2, epoch, direction)
+    votes = _weighted_rows(jnp.asarray(packed), w,
+                           lambda r: codec.unpack_jnp(r, m, scheme).astype(_f32))
+    return _apply(q_pilot, votes, p_prev, p_prev2, epoch, direction)
 
 
 def _check_direction(direction: int) -> None:

@@ -27,7 +27,7 @@ import numpy as np
 import optax
 from jax.typing import ArrayLike
 
-from fedf_jax import protocol
+from fedf_jax import codec, protocol
 from fedf_jax.models import Model
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
@@ -238,8 +238,7 @@ def ternary_message(q: jax.Array, p_prev: jax.Array, p_prev2: jax.Array, alpha: 
       (packed, nonzero): u8[packed_size(M)], i32[].
     """
     packed = protocol.ternarize_pack(q, p_prev, p_prev2, alpha, beta, epoch, scheme)
-    nonzero = jnp.sum(protocol.ternarize(q, p_prev, p_prev2, alpha, beta, epoch) != 0)
-    return packed, nonzero
+    return packed, codec.count_nonzero_jnp(packed, scheme)
 
 
 def worker_key(train_key: jax.Array, epoch: ArrayLike, worker_id: ArrayLike) -> jax.Array:
