@@ -155,8 +155,8 @@ def local_train(model: Model, kind: str, shapes: Shapes, p: jax.Array, opt_state
     capacity = x.shape[0]
     perms = jax.vmap(lambda e: _shuffle(jax.random.fold_in(key, e), size, capacity))(
         jnp.arange(shapes.local_epochs))
-    n_batches = (size + hp.batch_size - 1) // hp.batch_size
-    total = hp.local_epochs * n_batches
+    n_batches = jnp.maximum((size + hp.batch_size - 1) // hp.batch_size, 1)
+    total = hp.local_epochs * n_batches * (size > 0)  # an empty (padding) worker: no steps
     rows = jnp.arange(shapes.batch)
 
     def loss_fn(params, xb, yb, weight):

@@ -316,7 +316,7 @@ def test_unpack_rejects_wrong_buffer_length(scheme, delta):
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
-@pytest.mark.parametrize("n", [1, 4, 5, 37, 40, 1001])
+@pytest.mark.parametrize("n", [1, 5, 37, 40, 1001])
 def test_pack_jnp_and_unpack_jnp_under_jit_match_numpy(scheme, n):
     t = _random_ternary(n, seed=50 + n)
     pack_j = jax.jit(codec.pack_jnp, static_argnames=("scheme",))

@@ -86,7 +86,7 @@ def test_simulated_bytes_per_epoch_match_the_frames(small_runs):
         assert r["bytes_total"] == sum(len(f) for f in frames)
 
 
-def _tiny_setup(n=4, m_hidden=(6,), lrs=None, seed=0):
+def _tiny_setup(n=4, m_hidden=(6,), lrs=None, seed=0, kinds=None):
     from fedf_jax.models import make_model
 
     rng = np.random.default_rng(seed)
@@ -95,12 +95,15 @@ def _tiny_setup(n=4, m_hidden=(6,), lrs=None, seed=0):
     x = rng.normal(size=(n, 9, 3, 3, 1)).astype(np.float32)
     y = rng.integers(0, 3, (n, 9)).astype(np.int32)
     lrs = lrs or [0.1] * n
-    specs = [worker.WorkerSpec(lr=lr, batch_size=3) for lr in lrs]
+    kinds = kinds or ["sgd"] * n
+    specs = [worker.WorkerSpec(lr=lr, batch_size=3, optimizer=k) for lr, k in zip(lrs, kinds,
+                                                                                   strict=True)]
     return model, specs, x, y, sizes
 
 
-def test_epoch_step_equals_protocol_functions_applied_by_hand():
-    model, specs, x, y, sizes = _tiny_setup()
+@pytest.mark.parametrize("kinds", [None, ["adam", "sgd", "momentum", "sgd"]])
+def test_epoch_step_equals_protocol_functions_applied_by_hand(kinds):
+    model, specs, x, y, sizes = _tiny_setup(lrs=[0.1, 0.02, 0.05, 0.1], kinds=kinds)
     cfg = master.MasterConfig(alpha0=0.05, beta=0.3, direction=-1)
     plan = vb.make_plan(specs, sizes, 4)
     data = vb.make_data(plan, x, y, sizes, specs, cfg.betas(4), x[0, :4], y[0, :4],
@@ -110,9 +113,12 @@ def test_epoch_step_equals_protocol_functions_applied_by_hand():
     step = jax.jit(lambda s, d: vb.epoch(model, plan, cfg, s, d))
     p_prev, p_prev2, prev_c = np.asarray(p0), np.asarray(p0), None
     for t in (1, 2, 3):
-        (g,), (gd,), (o,) = plan.groups, data.groups, state.opt_states
-        q, c, _ = train_group(model, g, jnp.asarray(p_prev), o, gd, data.train_key, t)
+        q, c = np.zeros((4, p0.size), np.float32), np.zeros(4, np.float32)
+        for g, gd, o in zip(plan.groups, data.groups, state.opt_states, strict=True):
+            qg, cg, _ = train_group(model, g, jnp.asarray(p_prev), o, gd, data.train_key, t)
+            q[list(g.ids)], c[list(g.ids)] = qg, cg
         state, out = step(state, data)
+        np.testing.assert_allclose(out.costs, c, rtol=1e-6)
         gvals = protocol.goodness(c, prev_c if prev_c is not None else c, sizes, t)
         pilot = int(protocol.select_pilot(gvals))
         assert pilot == int(out.pilot)
@@ -121,6 +127,7 @@ def test_epoch_step_equals_protocol_functions_applied_by_hand():
         want = protocol.master_update(q[pilot], tern, sizes, pilot, p_prev, p_prev2, 0.05, 0.3,
                                       t, direction=-1)
         np.testing.assert_allclose(state.master.p_prev, want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(out.nonzero, (tern != 0).sum(1))
         p_prev, p_prev2, prev_c = np.asarray(state.master.p_prev), p_prev, c
 
 

@@ -65,6 +65,7 @@ def test_heterogeneous_workers_under_vmap_equal_each_worker_alone():
         gd = vb.GroupData(jnp.asarray(x[k:k + 1, :n]), jnp.asarray(y[k:k + 1, :n]),
                           jnp.asarray([n], jnp.int32),
                           jax.tree.map(jnp.asarray, worker.stack_hparams([spec])),
+                          jnp.asarray([0.2], jnp.float32),
                           jnp.asarray([k], jnp.int32))
         opt = jax.vmap(functools.partial(worker.init_opt_state, spec.optimizer),
                        in_axes=(0, None))(gd.hp, p0)

@@ -1,10 +1,11 @@
 """One host, all workers batched: one jitted, vmapped FEDF epoch.
 
 The epoch is a pure function ``(SimState, SimData) -> (SimState, EpochOutput)``:
-every worker trains (vmapped, one group per optimizer kind), reports its cost, the
-master picks the pilot, every worker ternarizes and packs (the fused kernel) and
-the master unpacks and updates (the fused kernel), then P^t is evaluated on the
-test set. No Python loop over workers, no host round trip inside the epoch.
+every worker trains (vmapped, one group per optimizer kind), reports its cost and
+ternarizes and packs (the fused kernel); the master picks the pilot, reads its
+model, unpacks and updates (the fused kernel), then P^t is evaluated on the test
+set. ``group_step`` and ``master_phase`` are shared with the sharded backend.
+No Python loop over workers, no host round trip inside the epoch.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ class GroupData(NamedTuple):
     x: jax.Array  # f32[n_g, S_max, ...]
     y: jax.Array  # i32[n_g, S_max]
     sizes: jax.Array  # i32[n_g]
-    hp: worker.HParams  # one row per worker
+    hp: worker.HParams  # one row per worker; hp.lr is alpha_k of Eq. (4)
+    beta: jax.Array  # f32[n_g] beta_k of Eq. (5)
     ids: jax.Array  # i32[n_g]
 
 
@@ -55,7 +57,6 @@ class SimData(NamedTuple):
 
     groups: tuple[GroupData, ...]
     sizes: jax.Array  # f32[N] S_k in worker order
-    alphas: jax.Array  # f32[N] alpha_k = lr_k (Eq. 4)
     betas: jax.Array  # f32[N]
     x_test: jax.Array
     y_test: jax.Array
@@ -99,6 +100,7 @@ def make_data(plan: Plan, x: np.ndarray, y: np.ndarray, sizes: np.ndarray,
       x: f32[N, S_max, ...] padded worker data; y: i32[N, S_max]; sizes: [N].
     """
     hp = worker.stack_hparams(specs)
+    betas = np.asarray(betas, np.float32)
     groups = []
     for g in plan.groups:
         ids = np.asarray(g.ids)
@@ -107,9 +109,9 @@ def make_data(plan: Plan, x: np.ndarray, y: np.ndarray, sizes: np.ndarray,
             x=jnp.asarray(x[ids, :s_max]), y=jnp.asarray(y[ids, :s_max]),
             sizes=jnp.asarray(sizes[ids], jnp.int32),
             hp=jax.tree.map(lambda a, ids=ids: jnp.asarray(a[ids]), hp),
-            ids=jnp.asarray(ids, jnp.int32)))
-    return SimData(tuple(groups), jnp.asarray(sizes, jnp.float32), jnp.asarray(hp.lr),
-                   jnp.asarray(betas, jnp.float32), jnp.asarray(x_test),
+            beta=jnp.asarray(betas[ids]), ids=jnp.asarray(ids, jnp.int32)))
+    return SimData(tuple(groups), jnp.asarray(sizes, jnp.float32),
+                   jnp.asarray(betas), jnp.asarray(x_test),
                    jnp.asarray(y_test, jnp.int32), train_key)
 
 
@@ -134,23 +136,47 @@ def train_group(model: Model, group: Group, p: jax.Array, opt_state, gd: GroupDa
         p, opt_state, gd.x, gd.y, gd.sizes, gd.hp, keys)
 
 
-def master_phase(model: Model, plan: Plan, cfg: master.MasterConfig, state: SimState,
-                 data: SimData, q: jax.Array, costs: jax.Array, opt_states: tuple):
-    """Everything after local training: pilot choice, messages, Eq. (3), test metrics.
+class GroupOutput(NamedTuple):
+    """What a group of workers produces in one epoch (Algorithm 2)."""
 
-    Args:
-      q: f32[N, M] local models in worker order; costs: f32[N].
+    q: jax.Array  # f32[n_g, M] local models (only the pilot's leaves the worker)
+    costs: jax.Array  # f32[n_g]
+    packed: jax.Array  # u8[n_g, packed_size(M)] ternaries (Eq. 4/5), fused and packed
+    nonzero: jax.Array  # i32[n_g]
+    opt_state: object
+
+
+def group_step(model: Model, group: Group, scheme: str, p_prev: jax.Array,
+               p_prev2: jax.Array, epoch: jax.Array, opt_state, gd: GroupData,
+               train_key: jax.Array) -> GroupOutput:
+    """Every worker's side of one epoch for one group: train, cost, packed ternary.
+
+    Each worker packs its ternary before the master's command arrives (it does not
+    depend on who the pilot is); the master ignores the pilot's row.
     """
+    q, costs, opt_state = train_group(model, group, p_prev, opt_state, gd, train_key, epoch)
+    packed, nonzero = jax.vmap(worker.ternary_message, in_axes=(0, None, None, 0, 0, None, None))(
+        q, p_prev, p_prev2, gd.hp.lr, gd.beta, epoch, scheme)
+    return GroupOutput(q, costs, packed, nonzero, opt_state)
+
+
+def master_phase(model: Model, plan: Plan, cfg: master.MasterConfig, state: SimState,
+                 data: SimData, outs: Sequence[GroupOutput]) -> tuple[SimState, EpochOutput]:
+    """The master's side, once per epoch on the gathered group outputs: pilot choice
+    (Eq. 1), the pilot's model, Eq. (3) over the packed ternaries, test metrics."""
+
+    def gather(field):
+        return _to_worker_order(plan, jnp.concatenate([getattr(o, field) for o in outs]))
+
+    costs, packed, nonzero = gather("costs"), gather("packed"), gather("nonzero")
     ms = state.master
     sel = master.select(ms, costs, data.sizes)
-    packed, nonzero = jax.vmap(worker.ternary_message, in_axes=(0, None, None, 0, 0, None, None))(
-        q, ms.p_prev, ms.p_prev2, data.alphas, data.betas, ms.epoch, cfg.scheme)
-    q_pilot = q[jnp.maximum(sel.pilot, 0)]
+    q_pilot = _pilot_row(plan, outs, jnp.maximum(sel.pilot, 0))
     new_master = master.update(ms, sel, costs, q_pilot, packed, data.sizes, data.betas, cfg)
     test_loss, test_acc = worker.evaluate(model, new_master.p_prev, data.x_test, data.y_test,
                                           data.y_test.shape[0], plan.test_chunk)
     out = EpochOutput(costs, sel.goodness, sel.pilot, sel.valid, nonzero, test_loss, test_acc)
-    return SimState(new_master, opt_states), out
+    return SimState(new_master, tuple(o.opt_state for o in outs)), out
 
 
 def _to_worker_order(plan: Plan, stacked: jax.Array) -> jax.Array:
@@ -159,15 +185,25 @@ def _to_worker_order(plan: Plan, stacked: jax.Array) -> jax.Array:
     return stacked[np.argsort(plan.order)]
 
 
+def _pilot_row(plan: Plan, outs: Sequence[GroupOutput], pilot: jax.Array) -> jax.Array:
+    """Q_{k*}: one row read from the group holding the pilot (no [N, M] copy)."""
+    if len(plan.groups) == 1:
+        return outs[0].q[pilot]
+    group_of = np.concatenate([np.full(len(g.ids), i) for i, g in enumerate(plan.groups)])
+    row_of = np.concatenate([np.arange(len(g.ids)) for g in plan.groups])
+    order = np.argsort(plan.order)
+    g, r = jnp.asarray(group_of[order])[pilot], jnp.asarray(row_of[order])[pilot]
+    return jax.lax.switch(g, [lambda r, o=o: o.q[r] for o in outs], r)
+
+
 def epoch(model: Model, plan: Plan, cfg: master.MasterConfig, state: SimState,
           data: SimData) -> tuple[SimState, EpochOutput]:
     """One FEDF global epoch for all workers (Algorithms 1 and 2); pure and jittable."""
-    p, t = state.master.p_prev, state.master.epoch
-    results = [train_group(model, g, p, o, gd, data.train_key, t)
-               for g, gd, o in zip(plan.groups, data.groups, state.opt_states, strict=True)]
-    q = _to_worker_order(plan, jnp.concatenate([r[0] for r in results]))
-    costs = _to_worker_order(plan, jnp.concatenate([r[1] for r in results]))
-    return master_phase(model, plan, cfg, state, data, q, costs, tuple(r[2] for r in results))
+    ms = state.master
+    outs = [group_step(model, g, cfg.scheme, ms.p_prev, ms.p_prev2, ms.epoch, o, gd,
+                       data.train_key)
+            for g, gd, o in zip(plan.groups, data.groups, state.opt_states, strict=True)]
+    return master_phase(model, plan, cfg, state, data, outs)
 
 
 def make_epoch_fn(model: Model, plan: Plan, cfg: master.MasterConfig):
