@@ -116,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"master link in bytes/s for the timing model (default {d.bandwidth:g})")
     g.add_argument("--latency", type=float,
                    help=f"seconds per message round in the timing model (default {d.latency:g})")
+    g.add_argument("--backend", choices=config_lib.BACKENDS,
+                   help="vmap: all workers batched on one device (default); sharded: workers "
+                   "spread over the local devices with shard_map")
+    g.add_argument("--devices", type=int,
+                   help="with --backend sharded: use the first K local devices (default all)")
     g.add_argument("--quiet", action="store_true", help="print only the summary")
     return parser
 
@@ -123,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 _WORKER_FLAGS = ("lr", "batch_size", "local_epochs", "optimizer", "momentum")
 _RUN_FLAGS = ("workers", "epochs", "model", "data", "data_dir", "partition", "sizes",
               "dirichlet_alpha", "alpha0", "beta", "direction", "scheme", "seed",
-              "bandwidth", "latency")
+              "bandwidth", "latency", "backend", "devices")
 
 
 def make_config(args: argparse.Namespace) -> config_lib.RunConfig:
@@ -170,10 +175,16 @@ def simulate(args: argparse.Namespace) -> int:
         time.strftime("%Y%m%d-%H%M%S") + f"-seed{cfg.seed}")
     say = (lambda *a, **k: None) if args.quiet else print
     setup = simulation.setup(cfg)
+    if cfg.backend == "sharded":
+        from fedf_jax.backends import sharded
+
+        sharded.make_mesh(cfg.devices)  # a bad device count fails before any output
     say(f"FEDF on {cfg.data}: {cfg.workers} workers ({cfg.partition}, sizes "
         f"{_short(setup.sizes.tolist())}), {cfg.model.upper()} with "
         f"{setup.model.num_params:,} parameters, {cfg.epochs} epochs, d = {cfg.direction:+d}, "
-        f"{cfg.scheme} ternaries, on {jax.devices()[0].platform.upper()}")
+        f"{cfg.scheme} ternaries, {cfg.backend} backend on "
+        f"{cfg.devices or (len(jax.local_devices()) if cfg.backend == 'sharded' else 1)} "
+        f"{jax.devices()[0].platform.upper()} device(s)")
     say("compiling the epoch step ...", flush=True)
     say(f"{'epoch':>5} {'pilot':>5} {'test acc':>8} {'test loss':>9} {'bytes':>12} "
         f"{'nonzero':>7} {'wall s':>7}")

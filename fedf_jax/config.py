@@ -41,6 +41,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 MODELS = tuple(MODEL_REGISTRY)
+BACKENDS = ("vmap", "sharded")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +63,9 @@ class RunConfig:
       default_worker: the spec of workers not given one.
       bandwidth: bytes/s of the master's link in the timing model.
       latency: seconds per message round in the timing model.
+      backend: ``"vmap"`` (all workers batched on one device) or ``"sharded"``
+        (workers spread over local devices with shard_map).
+      devices: how many local devices the sharded backend uses (default: all).
     """
 
     workers: int = 5
@@ -81,6 +85,8 @@ class RunConfig:
     default_worker: WorkerSpec = WorkerSpec()
     bandwidth: float = 125e6
     latency: float = 1e-3
+    backend: str = "vmap"
+    devices: int | None = None
 
     def __post_init__(self):
         _check_int("workers", self.workers, 1)
@@ -106,6 +112,12 @@ class RunConfig:
         if self.worker_specs is not None and len(self.worker_specs) != self.workers:
             raise ValueError(f"{len(self.worker_specs)} worker specs for `workers` "
                              f"(={self.workers}); give one per worker.")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"`backend` (={self.backend!r}) must be one of {BACKENDS}.")
+        if self.devices is not None:
+            _check_int("devices", self.devices, 1)
+            if self.backend != "sharded":
+                raise ValueError(f"`devices` (={self.devices}) needs `backend='sharded'`.")
         for name in ("bandwidth", "latency"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from fedf_jax import codec, runlog, timing
+from fedf_jax.backends import sharded as sharded_backend
 from fedf_jax.backends import vmap as vmap_backend
 from fedf_jax.config import RunConfig
 from fedf_jax.data import Dataset, load_dataset, partition, stack_workers
@@ -60,6 +61,28 @@ def setup(cfg: RunConfig) -> Setup:
                  np.sort(np.concatenate(parts)))
 
 
+class Backend(NamedTuple):
+    """A backend made ready for a run: its jitted step, first state, data, devices."""
+
+    step: Callable
+    state: vmap_backend.SimState
+    data: vmap_backend.SimData
+    devices: list[str]
+
+
+def make_backend(cfg: RunConfig, s: Setup) -> Backend:
+    """The vmap backend (one device) or the sharded one (a mesh of local devices)."""
+    if cfg.backend == "sharded":
+        mesh = sharded_backend.make_mesh(cfg.devices)
+        data = sharded_backend.shard_data(s.plan, s.data, mesh)
+        return Backend(sharded_backend.make_epoch_fn(s.model, s.plan, cfg.master, mesh),
+                       sharded_backend.init_state(s.plan, data, s.p0, mesh), data,
+                       [str(d) for d in mesh.devices.flat])
+    return Backend(vmap_backend.make_epoch_fn(s.model, s.plan, cfg.master),
+                   vmap_backend.init_state(s.plan, s.data, s.p0), s.data,
+                   [str(jax.devices()[0])])
+
+
 def epoch_record(cfg: RunConfig, out: dict[str, np.ndarray], n_params: int, sizes,
                  wall_s: float) -> dict[str, Any]:
     """The run-log line of one epoch from the backend's outputs (host values)."""
@@ -90,7 +113,7 @@ def epoch_record(cfg: RunConfig, out: dict[str, np.ndarray], n_params: int, size
 
 def run(cfg: RunConfig, out_dir: str | Path | None = None,
         on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Runs FEDF on the vmap backend; writes ``out_dir/run.jsonl`` when given.
+    """Runs FEDF on the configured backend; writes ``out_dir/run.jsonl`` when given.
 
     Args:
       cfg: the run.
@@ -101,10 +124,10 @@ def run(cfg: RunConfig, out_dir: str | Path | None = None,
       A summary dict (final accuracy, bytes, Eq. 8 check, wall time, the records).
     """
     s = setup(cfg)
-    step = vmap_backend.make_epoch_fn(s.model, s.plan, cfg.master)
-    state = vmap_backend.init_state(s.plan, s.data, s.p0)
+    b = make_backend(cfg, s)
+    state = b.state
     header = runlog.make_header(
-        cfg.to_dict(), [str(d) for d in jax.devices()], backend="vmap",
+        cfg.to_dict(), b.devices, backend=cfg.backend,
         num_params=s.model.num_params, worker_sizes=s.sizes.tolist(),
         num_test=int(len(s.dataset.y_test)))
     logfile = runlog.RunLog(Path(out_dir) / "run.jsonl", header) if out_dir else None
@@ -113,7 +136,7 @@ def run(cfg: RunConfig, out_dir: str | Path | None = None,
     try:
         for t in range(1, cfg.epochs + 1):
             t0 = time.perf_counter()
-            state, out = step(state, s.data)
+            state, out = b.step(state, b.data)
             out = jax.device_get(out._asdict())
             rec = epoch_record(cfg, {**out, "epoch": t}, s.model.num_params, s.sizes,
                                time.perf_counter() - t0)
