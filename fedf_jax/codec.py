@@ -139,27 +139,41 @@ def unpack(buf, n: int, scheme: str = "2bit"):
 # --------------------------------------------------------------------------- jnp
 
 
+def _split_tail(t: jax.Array, per: int):
+    """Whole groups of ``per`` values ``[..., n // per, per]`` and the tail, padded to one
+    group with the value 0; slicing (not padding) the body keeps it in the producer's
+    fusion, so ternarize-and-pack reads Q once."""
+    n = t.shape[-1]
+    whole = n // per * per
+    body = t[..., :whole].reshape(*t.shape[:-1], -1, per)
+    tail = t[..., whole:]
+    if tail.shape[-1]:
+        tail = jnp.pad(tail, [(0, 0)] * (t.ndim - 1) + [(0, per - tail.shape[-1])])
+    return body, tail.reshape(*t.shape[:-1], -1, per)
+
+
 def pack_jnp(t: jax.Array, scheme: str = "2bit") -> jax.Array:
     """Jittable :func:`pack` (``scheme`` static); values outside {-1, 0, 1} are not checked.
 
     Args:
-      t: i8[n] (any integer dtype) ternary vector.
+      t: i8[..., n] (any integer dtype) ternary vectors, packed along the last axis.
       scheme: ``"2bit"`` or ``"base3"``.
 
     Returns:
-      u8[packed_size(n)].
+      u8[..., packed_size(n)].
     """
     _check_scheme(scheme)
-    per = _PER_BYTE[scheme]
-    n = t.shape[-1]
-    pad = packed_size(n, scheme) * per - n
-    t = jnp.pad(t.astype(jnp.int32), [(0, 0)] * (t.ndim - 1) + [(0, pad)])
-    groups = t.reshape(*t.shape[:-1], -1, per)
+    body, tail = _split_tail(t, _PER_BYTE[scheme])
     if scheme == "2bit":
-        out = jnp.sum((groups & 0b11) << jnp.arange(0, 8, 2, dtype=jnp.int32), axis=-1)
+        # Four int8 trits are one little-endian uint32 whose bytes are 0x00, 0x01 or
+        # 0xFF; keep the low two bits of each and slide them together.
+        def pack4(g):
+            x = jax.lax.bitcast_convert_type(g.astype(jnp.int8), jnp.uint32) & 0x03030303
+            return (x & 0x3) | ((x >> 6) & 0xC) | ((x >> 12) & 0x30) | ((x >> 18) & 0xC0)
     else:
-        out = jnp.sum((groups + 1) * jnp.asarray(_POW3), axis=-1)
-    return out.astype(jnp.uint8)
+        def pack4(g):
+            return jnp.sum((g.astype(jnp.int32) + 1) * jnp.asarray(_POW3), axis=-1)
+    return jnp.concatenate([pack4(body), pack4(tail)], axis=-1).astype(jnp.uint8)
 
 
 def unpack_jnp(buf: jax.Array, n: int, scheme: str = "2bit") -> jax.Array:
@@ -178,15 +192,18 @@ def unpack_jnp(buf: jax.Array, n: int, scheme: str = "2bit") -> jax.Array:
       i8[..., n].
     """
     _check_scheme(scheme)
-    b = buf.astype(jnp.int32)[..., None]
     if scheme == "2bit":
-        codes = (b >> jnp.arange(0, 8, 2, dtype=jnp.int32)) & 0b11
-        # 01 -> +1, 11 -> -1, 00 and the invalid 10 -> 0.
-        trits = (codes & 1) * (1 - (codes & 2))
+        # Spread the four 2-bit codes of a byte into the four bytes of a uint32, map
+        # 01 -> 0x01 and 11 -> 0xFF (the invalid 10 -> 0x00), read them as int8.
+        x = buf.astype(jnp.uint32)
+        x = (x | (x << 6) | (x << 12) | (x << 18)) & 0x03030303
+        x = (x & 0x01010101) * jnp.uint32(0xFF) & ((x & 0x02020202) * jnp.uint32(0x7F)
+                                                  | 0x01010101)
+        trits = jax.lax.bitcast_convert_type(x, jnp.int8)
     else:
-        trits = (b // jnp.asarray(_POW3)) % 3 - 1
-    trits = trits.reshape(*buf.shape[:-1], -1)[..., :n]
-    return trits.astype(jnp.int8)
+        b = buf.astype(jnp.int32)[..., None]
+        trits = ((b // jnp.asarray(_POW3)) % 3 - 1).astype(jnp.int8)
+    return trits.reshape(*buf.shape[:-1], -1)[..., :n]
 
 
 # Non-zero trits in each base-3 byte value (bytes > 242 are invalid: counted as 0).
