@@ -56,7 +56,36 @@ def _digits(data_dir: str | None, **kwargs) -> Dataset:
     return load_digits(**kwargs)
 
 
-_LOADERS: dict[str, Callable[..., Dataset]] = {"digits": _digits}
+def _require_dir(name: str, data_dir: str | None, what: str) -> None:
+    if data_dir is None:
+        raise ValueError(f"`--data-dir` is required for data set {name!r} ({what}).")
+
+
+def _cifar10(data_dir: str | None, **kwargs) -> Dataset:
+    _require_dir("cifar10", data_dir, "a folder with cifar-10-batches-bin or cifar-10-batches-py")
+    from fedf_jax.data.cifar10 import load_cifar10
+
+    return load_cifar10(data_dir, **kwargs)
+
+
+def _segmentation(data_dir: str | None, **kwargs) -> Dataset:
+    _require_dir("segmentation", data_dir, "a folder with images/ and masks/, or "
+                 "train-volume.tif and train-labels.tif")
+    from fedf_jax.data.segmentation import load_segmentation_folder
+
+    return load_segmentation_folder(data_dir, **kwargs)
+
+
+def _synthetic_seg(data_dir: str | None, **kwargs) -> Dataset:
+    del data_dir  # generated
+    from fedf_jax.data.segmentation import make_synthetic_segmentation
+
+    return make_synthetic_segmentation(**kwargs)
+
+
+_LOADERS: dict[str, Callable[..., Dataset]] = {
+    "digits": _digits, "cifar10": _cifar10, "segmentation": _segmentation,
+    "synthetic-seg": _synthetic_seg}
 DATASETS = tuple(_LOADERS)
 
 
