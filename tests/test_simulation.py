@@ -116,7 +116,7 @@ def test_epoch_step_equals_protocol_functions_applied_by_hand(kinds):
         q, c = np.zeros((4, p0.size), np.float32), np.zeros(4, np.float32)
         for g, gd, o in zip(plan.groups, data.groups, state.opt_states, strict=True):
             qg, cg, _ = train_group(model, g, jnp.asarray(p_prev), o, gd, data.train_key, t)
-            q[list(g.ids)], c[list(g.ids)] = qg, cg
+            q[list(g.rows)], c[list(g.rows)] = qg, cg
         state, out = step(state, data)
         np.testing.assert_allclose(out.costs, c, rtol=1e-6)
         gvals = protocol.goodness(c, prev_c if prev_c is not None else c, sizes, t)

@@ -61,7 +61,7 @@ def test_heterogeneous_workers_under_vmap_equal_each_worker_alone():
         # Alone: no padding rows, its own batch size; the worker id must stay k.
         plan = vb.make_plan([spec], [n], 1)
         (group,) = plan.groups
-        group = group._replace(ids=(k,))
+        group = group._replace(ids=(k,))  # its global id stays k
         gd = vb.GroupData(jnp.asarray(x[k:k + 1, :n]), jnp.asarray(y[k:k + 1, :n]),
                           jnp.asarray([n], jnp.int32),
                           jax.tree.map(jnp.asarray, worker.stack_hparams([spec])),

@@ -106,7 +106,7 @@ def epoch(model: Model, plan: vb.Plan, cfg: master.MasterConfig, mesh: jax.shard
             # training scan while P^{t-1} enters replicated; the check would reject it.
             check_vma=False)
         out = sharded(ms.p_prev, ms.p_prev2, ms.epoch, o, gd, data.train_key)
-        n_g = len(g.ids)  # cut the padding workers off: the master never sees them
+        n_g = len(g.rows)  # cut the padding workers off: the master never sees them
         outs.append(vb.GroupOutput(out.q[:n_g], out.costs[:n_g], out.packed[:n_g],
                                    out.nonzero[:n_g], out.opt_state))
     return vb.master_phase(model, plan, cfg, state, data, outs)

@@ -26,7 +26,8 @@ class Group(NamedTuple):
     """Workers that share an optimizer kind and so one compiled training program."""
 
     kind: str
-    ids: tuple[int, ...]  # global worker ids, ascending
+    rows: tuple[int, ...]  # positions in the plan's worker list, ascending
+    ids: tuple[int, ...]  # global worker ids of those rows (their PRNG streams)
     shapes: worker.Shapes
 
 
@@ -39,8 +40,8 @@ class Plan(NamedTuple):
 
     @property
     def order(self) -> np.ndarray:
-        """Worker ids in group-major order (the order of the stacked group outputs)."""
-        return np.concatenate([np.asarray(g.ids, np.int64) for g in self.groups])
+        """Worker rows in group-major order (the order of the stacked group outputs)."""
+        return np.concatenate([np.asarray(g.rows, np.int64) for g in self.groups])
 
 
 class GroupData(NamedTuple):
@@ -79,15 +80,24 @@ class EpochOutput(NamedTuple):
 
 
 def make_plan(specs: Sequence[worker.WorkerSpec], sizes: Sequence[int], n_test: int,
-              eval_chunk: int = 2048) -> Plan:
-    """Groups workers by optimizer kind (in the order kinds first appear)."""
+              eval_chunk: int = 2048, ids: Sequence[int] | None = None) -> Plan:
+    """Groups workers by optimizer kind (in the order kinds first appear).
+
+    Args:
+      specs, sizes: one per worker of this plan.
+      n_test: test-set size.
+      eval_chunk: rows per forward pass of the cost and test passes.
+      ids: the workers' global ids (default 0..n-1); a host that runs a subset of
+        the workers passes theirs, so each worker keeps its own PRNG stream.
+    """
+    ids = list(range(len(specs))) if ids is None else [int(i) for i in ids]
     kinds = list(dict.fromkeys(s.optimizer for s in specs))
     groups = []
     for kind in kinds:
-        ids = tuple(i for i, s in enumerate(specs) if s.optimizer == kind)
-        shapes = worker.group_shapes([specs[i] for i in ids], [sizes[i] for i in ids],
+        rows = tuple(i for i, s in enumerate(specs) if s.optimizer == kind)
+        shapes = worker.group_shapes([specs[i] for i in rows], [sizes[i] for i in rows],
                                      eval_chunk)
-        groups.append(Group(kind, ids, shapes))
+        groups.append(Group(kind, rows, tuple(ids[i] for i in rows), shapes))
     return Plan(tuple(groups), len(specs), min(eval_chunk, max(n_test, 1)))
 
 
@@ -103,13 +113,13 @@ def make_data(plan: Plan, x: np.ndarray, y: np.ndarray, sizes: np.ndarray,
     betas = np.asarray(betas, np.float32)
     groups = []
     for g in plan.groups:
-        ids = np.asarray(g.ids)
-        s_max = int(sizes[ids].max())
+        rows = np.asarray(g.rows)
+        s_max = int(sizes[rows].max())
         groups.append(GroupData(
-            x=jnp.asarray(x[ids, :s_max]), y=jnp.asarray(y[ids, :s_max]),
-            sizes=jnp.asarray(sizes[ids], jnp.int32),
-            hp=jax.tree.map(lambda a, ids=ids: jnp.asarray(a[ids]), hp),
-            beta=jnp.asarray(betas[ids]), ids=jnp.asarray(ids, jnp.int32)))
+            x=jnp.asarray(x[rows, :s_max]), y=jnp.asarray(y[rows, :s_max]),
+            sizes=jnp.asarray(sizes[rows], jnp.int32),
+            hp=jax.tree.map(lambda a, rows=rows: jnp.asarray(a[rows]), hp),
+            beta=jnp.asarray(betas[rows]), ids=jnp.asarray(g.ids, jnp.int32)))
     return SimData(tuple(groups), jnp.asarray(sizes, jnp.float32),
                    jnp.asarray(betas), jnp.asarray(x_test),
                    jnp.asarray(y_test, jnp.int32), train_key)
@@ -189,8 +199,8 @@ def _pilot_row(plan: Plan, outs: Sequence[GroupOutput], pilot: jax.Array) -> jax
     """Q_{k*}: one row read from the group holding the pilot (no [N, M] copy)."""
     if len(plan.groups) == 1:
         return outs[0].q[pilot]
-    group_of = np.concatenate([np.full(len(g.ids), i) for i, g in enumerate(plan.groups)])
-    row_of = np.concatenate([np.arange(len(g.ids)) for g in plan.groups])
+    group_of = np.concatenate([np.full(len(g.rows), i) for i, g in enumerate(plan.groups)])
+    row_of = np.concatenate([np.arange(len(g.rows)) for g in plan.groups])
     order = np.argsort(plan.order)
     g, r = jnp.asarray(group_of[order])[pilot], jnp.asarray(row_of[order])[pilot]
     return jax.lax.switch(g, [lambda r, o=o: o.q[r] for o in outs], r)
