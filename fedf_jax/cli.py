@@ -89,8 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     g = sim.add_argument_group("model and data")
     g.add_argument("--model", help=f"model: {', '.join(config_lib.MODELS)} (default {d.model})")
     g.add_argument("--data", help=f"data set: {', '.join(config_lib.DATASETS)} "
-                   f"(default {d.data}, bundled)")
-    g.add_argument("--data-dir", help="local directory of a data set that is not bundled")
+                   "(default digits, bundled; synthetic-seg for --model unet)")
+    g.add_argument("--data-dir", help="local directory of a data set that is not bundled "
+                   "(cifar10: a folder with cifar-10-batches-bin or -py; segmentation: "
+                   "images/ + masks/ or ISBI train-volume.tif + train-labels.tif)")
+    g.add_argument("--width", type=int,
+                   help="U-Net base width (default 64, the classic U-Net; 8 on synthetic-seg)")
+    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random crop and flip of training images (default: on for cifar10)")
     g.add_argument("--partition",
                    help=f"how data is split: {', '.join(config_lib.PARTITIONS)} "
                    f"(default {d.partition})")
@@ -128,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 _WORKER_FLAGS = ("lr", "batch_size", "local_epochs", "optimizer", "momentum")
 _RUN_FLAGS = ("workers", "epochs", "model", "data", "data_dir", "partition", "sizes",
               "dirichlet_alpha", "alpha0", "beta", "direction", "scheme", "seed",
-              "bandwidth", "latency", "backend", "devices")
+              "bandwidth", "latency", "backend", "devices", "width", "augment")
 
 
 def make_config(args: argparse.Namespace) -> config_lib.RunConfig:

@@ -52,7 +52,10 @@ class RunConfig:
       workers: N.
       epochs: global epochs.
       model: ``"mlp"`` or ``"cnn"``.
-      data: data set name; ``data_dir`` its local path where it needs one.
+      data: data set name; ``data_dir`` its local path where it needs one. Default:
+        ``"digits"``, or the bundled ``"synthetic-seg"`` for ``model="unet"``.
+      width: U-Net base width (default 64, the classic U-Net; 8 on synthetic-seg).
+      augment: random crop and flip of training images (default: on for cifar10).
       partition: ``"iid"`` (equal), ``"sizes"`` (IID, sizes given), ``"dirichlet-sizes"``
         (IID, Dirichlet(dirichlet_alpha) sizes), ``"label-dirichlet"`` (label skew).
       sizes: worker sizes for ``partition="sizes"``.
@@ -71,7 +74,9 @@ class RunConfig:
     workers: int = 5
     epochs: int = 30
     model: str = "mlp"
-    data: str = "digits"
+    data: str | None = None
+    width: int | None = None
+    augment: bool | None = None
     data_dir: str | None = None
     partition: str = "iid"
     sizes: tuple[int, ...] | None = None
@@ -94,6 +99,15 @@ class RunConfig:
         _check_int("seed", self.seed, 0)
         if self.model not in MODELS:
             raise ValueError(f"`model` (={self.model!r}) must be one of {MODELS}.")
+        if self.data is None:
+            object.__setattr__(self, "data", "synthetic-seg" if self.model == "unet"
+                               else "digits")
+        if self.augment is None:
+            object.__setattr__(self, "augment", self.data == "cifar10")
+        if self.width is not None:
+            _check_int("width", self.width, 1)
+            if self.model != "unet":
+                raise ValueError(f"`width` (={self.width}) applies to `model='unet'` only.")
         if self.data not in DATASETS:
             raise ValueError(f"`data` (={self.data!r}) must be one of {DATASETS}.")
         if self.partition not in PARTITIONS:
@@ -122,6 +136,13 @@ class RunConfig:
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
                 raise ValueError(f"`{name}` (={v}) must be a positive number.")
+
+    @property
+    def model_options(self) -> dict[str, Any]:
+        """Keyword arguments of the model beyond the registry defaults."""
+        if self.model != "unet":
+            return {}
+        return {"width": self.width or (8 if self.data == "synthetic-seg" else 64)}
 
     @property
     def master(self) -> MasterConfig:

@@ -47,13 +47,19 @@ def root_keys(seed: int) -> tuple[jax.Array, jax.Array]:
 def setup(cfg: RunConfig) -> Setup:
     """Loads the data, partitions it over the workers and builds the model."""
     ds = load_dataset(cfg.data, cfg.data_dir)
-    parts = partition(ds.y_train, cfg.workers, cfg.partition, seed=cfg.seed,
+    labels = ds.y_train
+    if labels.ndim > 1:  # segmentation masks: only the label-free partitions apply
+        if cfg.partition == "label-dirichlet":
+            raise ValueError(f"`partition='label-dirichlet'` needs class labels; data set "
+                             f"{cfg.data!r} has masks. Use iid, sizes or dirichlet-sizes.")
+        labels = np.zeros(len(labels), np.int32)
+    parts = partition(labels, cfg.workers, cfg.partition, seed=cfg.seed,
                       sizes=cfg.sizes, alpha=cfg.dirichlet_alpha)
     wd = stack_workers(ds.x_train, ds.y_train, parts)
-    model = make_model(cfg.model, ds.x_train.shape[1:], ds.num_classes)
+    model = make_model(cfg.model, ds.x_train.shape[1:], ds.num_classes, **cfg.model_options)
     init_key, train_key = root_keys(cfg.seed)
     specs = cfg.specs
-    plan = vmap_backend.make_plan(specs, wd.sizes, len(ds.y_test))
+    plan = vmap_backend.make_plan(specs, wd.sizes, len(ds.y_test), augment=cfg.augment)
     data = vmap_backend.make_data(plan, wd.x, wd.y, wd.sizes, specs,
                                   cfg.master.betas(cfg.workers), ds.x_test, ds.y_test,
                                   train_key)

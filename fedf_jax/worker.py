@@ -28,6 +28,7 @@ import optax
 from jax.typing import ArrayLike
 
 from fedf_jax import codec, protocol
+from fedf_jax.data.augment import augment_batch
 from fedf_jax.models import Model
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
@@ -90,15 +91,16 @@ class Shapes(NamedTuple):
     batch: int  # max_k b_k
     local_epochs: int  # max_k local_epochs_k
     eval_chunk: int  # rows per chunk of the cost pass
+    augment: bool = False  # random crop and flip of each training image
 
 
-def group_shapes(specs, sizes, eval_chunk: int = 2048) -> Shapes:
+def group_shapes(specs, sizes, eval_chunk: int = 2048, augment: bool = False) -> Shapes:
     """Static scan and batch sizes covering every worker of a group."""
     steps = max(s.local_epochs * -(-int(n) // s.batch_size) for s, n in zip(specs, sizes,
                                                                             strict=True))
     return Shapes(steps=steps, batch=max(s.batch_size for s in specs),
                   local_epochs=max(s.local_epochs for s in specs),
-                  eval_chunk=min(eval_chunk, int(max(sizes))))
+                  eval_chunk=max(1, min(eval_chunk, int(max(sizes)))), augment=augment)
 
 
 def make_optimizer(kind: str, hp: HParams) -> optax.GradientTransformation:
@@ -118,8 +120,18 @@ def init_opt_state(kind: str, hp: HParams, p: jax.Array):
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Per-example softmax cross-entropy. f32[B, C], i32[B] -> f32[B]."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    """Per-example softmax cross-entropy, averaged over pixels for segmentation.
+
+    f32[B, C], i32[B] -> f32[B]; or f32[B, H, W, C], i32[B, H, W] -> f32[B].
+    """
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return ce.reshape(ce.shape[0], -1).mean(axis=1)
+
+
+def hits(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-example accuracy (pixel accuracy for segmentation). -> f32[B]."""
+    right = jnp.argmax(logits, -1) == labels
+    return right.reshape(right.shape[0], -1).mean(axis=1)
 
 
 def _shuffle(key: jax.Array, size: jax.Array, capacity: int) -> jax.Array:
@@ -159,8 +171,12 @@ def local_train(model: Model, kind: str, shapes: Shapes, p: jax.Array, opt_state
     total = hp.local_epochs * n_batches * (size > 0)  # an empty (padding) worker: no steps
     rows = jnp.arange(shapes.batch)
 
-    def loss_fn(params, xb, yb, weight):
-        return jnp.sum(weight * cross_entropy(model.apply(params, xb), yb))
+    aug_key = jax.random.fold_in(key, 2**31 - 1)  # never a local-epoch index
+
+    def loss_fn(params, xb, yb, valid):
+        logits, p_stats = model.train_apply(params, xb, valid)
+        weight = valid / jnp.maximum(valid.sum(), 1)  # the mean over the real batch rows
+        return jnp.sum(weight * cross_entropy(logits, yb)), p_stats
 
     def step(carry, s):
         params, state = carry
@@ -168,11 +184,17 @@ def local_train(model: Model, kind: str, shapes: Shapes, p: jax.Array, opt_state
         pos = j * hp.batch_size + rows
         valid = (rows < hp.batch_size) & (pos < size)
         idx = perms[jnp.minimum(e, shapes.local_epochs - 1), jnp.minimum(pos, capacity - 1)]
-        weight = valid / jnp.maximum(valid.sum(), 1)  # the mean over the real batch rows
-        grads = jax.grad(loss_fn)(params, x[idx], y[idx], weight)
+        xb = x[idx]
+        if shapes.augment:
+            xb = augment_batch(jax.random.fold_in(aug_key, s), xb)
+        grads, p_stats = jax.grad(loss_fn, has_aux=True)(params, xb, y[idx], valid)
         updates, new_state = tx.update(grads, state, params)
+        new_params = params + updates
+        if model.has_stats:  # statistics take no gradient step: the batch's running averages
+            new_params = jnp.concatenate([new_params[:model.num_trainable],
+                                          p_stats[model.num_trainable:]])
         active = s < total  # surplus steps of a worker with less work are no-ops
-        params = jnp.where(active, params + updates, params)
+        params = jnp.where(active, new_params, params)
         state = jax.tree.map(lambda a, b: jnp.where(active, a, b), new_state, state)
         return (params, state), None
 
@@ -182,7 +204,8 @@ def local_train(model: Model, kind: str, shapes: Shapes, p: jax.Array, opt_state
 
 def evaluate(model: Model, p: jax.Array, x: jax.Array, y: jax.Array, size: ArrayLike,
              chunk: int):
-    """Mean loss and accuracy of ``p`` over the first ``size`` rows, in chunks.
+    """Mean loss and accuracy (pixel accuracy for masks) of ``p`` over the first
+    ``size`` rows, in chunks.
 
     Args:
       p: f32[M]; x: f32[S, ...]; y: i32[S]; size: rows that count; chunk: rows per
@@ -194,20 +217,23 @@ def evaluate(model: Model, p: jax.Array, x: jax.Array, y: jax.Array, size: Array
     n = x.shape[0]
     chunks = -(-n // chunk)
     pad = chunks * chunk - n
-    xs = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(chunks, chunk, *x.shape[1:])
-    ys = jnp.pad(y, (0, pad)).reshape(chunks, chunk)
+    def split(a):
+        return jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)).reshape(chunks, chunk,
+                                                                        *a.shape[1:])
+
+    xs, ys = split(x), split(y)
     mask = (jnp.arange(chunks * chunk) < size).reshape(chunks, chunk)
 
     def body(acc, inputs):
         xb, yb, mb = inputs
         logits = model.apply(p, xb)
         loss = jnp.sum(mb * cross_entropy(logits, yb))
-        hits = jnp.sum(mb * (jnp.argmax(logits, -1) == yb))
-        return (acc[0] + loss, acc[1] + hits), None
+        right = jnp.sum(mb * hits(logits, yb))
+        return (acc[0] + loss, acc[1] + right), None
 
-    (loss, hits), _ = jax.lax.scan(body, (jnp.float32(0), jnp.float32(0)), (xs, ys, mask))
+    (loss, right), _ = jax.lax.scan(body, (jnp.float32(0), jnp.float32(0)), (xs, ys, mask))
     count = jnp.maximum(jnp.asarray(size, jnp.float32), 1.0)
-    return loss / count, hits / count
+    return loss / count, right / count
 
 
 def train_and_cost(model: Model, kind: str, shapes: Shapes, p: jax.Array, opt_state,

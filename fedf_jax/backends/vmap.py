@@ -80,7 +80,8 @@ class EpochOutput(NamedTuple):
 
 
 def make_plan(specs: Sequence[worker.WorkerSpec], sizes: Sequence[int], n_test: int,
-              eval_chunk: int = 2048, ids: Sequence[int] | None = None) -> Plan:
+              eval_chunk: int = 2048, ids: Sequence[int] | None = None,
+              augment: bool = False) -> Plan:
     """Groups workers by optimizer kind (in the order kinds first appear).
 
     Args:
@@ -89,6 +90,7 @@ def make_plan(specs: Sequence[worker.WorkerSpec], sizes: Sequence[int], n_test: 
       eval_chunk: rows per forward pass of the cost and test passes.
       ids: the workers' global ids (default 0..n-1); a host that runs a subset of
         the workers passes theirs, so each worker keeps its own PRNG stream.
+      augment: random crop and flip of training images.
     """
     ids = list(range(len(specs))) if ids is None else [int(i) for i in ids]
     kinds = list(dict.fromkeys(s.optimizer for s in specs))
@@ -96,7 +98,7 @@ def make_plan(specs: Sequence[worker.WorkerSpec], sizes: Sequence[int], n_test: 
     for kind in kinds:
         rows = tuple(i for i, s in enumerate(specs) if s.optimizer == kind)
         shapes = worker.group_shapes([specs[i] for i in rows], [sizes[i] for i in rows],
-                                     eval_chunk)
+                                     eval_chunk, augment)
         groups.append(Group(kind, rows, tuple(ids[i] for i in rows), shapes))
     return Plan(tuple(groups), len(specs), min(eval_chunk, max(n_test, 1)))
 

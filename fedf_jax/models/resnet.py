@@ -20,8 +20,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-# He et al. 2016 initialise weights "as in [13]" (He et al. 2015): N(0, 2 / fan_in).
-_KERNEL_INIT = nnx.initializers.he_normal()
+# He et al. 2016 initialise weights "as in [13]" (He et al. 2015): N(0, 2 / fan_in), a plain
+# Gaussian (jax's he_normal is truncated).
+_KERNEL_INIT = nnx.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 
 def _conv3x3(cin: int, cout: int, stride: int, rngs: nnx.Rngs) -> nnx.Conv:
@@ -53,10 +54,13 @@ class BasicBlock(nnx.Module):
         self.stride = stride
         self.pad = cout - cin
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """``f32[B, H, W, cin] -> f32[B, ceil(H / stride), ceil(W / stride), cout]``."""
-        y = jax.nn.relu(self.bn1(self.conv1(x)))
-        y = self.bn2(self.conv2(y))
+    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
+        """``f32[B, H, W, cin] -> f32[B, ceil(H / stride), ceil(W / stride), cout]``.
+
+        ``mask``: ``bool[B, 1, 1, 1]`` rows that count in the batch statistics, or None.
+        """
+        y = jax.nn.relu(self.bn1(self.conv1(x), mask=mask))
+        y = self.bn2(self.conv2(y), mask=mask)
         # Option A shortcut: subsample, then append zero channels (no parameters). Some
         # implementations pad on both sides; that only permutes channels.
         s = x[:, ::self.stride, ::self.stride, :]
@@ -97,9 +101,16 @@ class ResNet(nnx.Module):
         self.blocks = nnx.List(blocks)
         self.out = nnx.Linear(widths[-1], num_classes, rngs=rngs)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """``f32[B, H, W, channels] -> f32[B, C]`` logits."""
-        x = jax.nn.relu(self.bn(self.conv(x)))
+    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
+        """``f32[B, H, W, channels] -> f32[B, C]`` logits.
+
+        Args:
+          x: a batch of images.
+          mask: ``bool[B]``, the rows that count in train-mode batch statistics (padding
+            rows are False); None counts every row. Ignored in eval mode.
+        """
+        m = None if mask is None else jnp.reshape(mask, (-1, 1, 1, 1))
+        x = jax.nn.relu(self.bn(self.conv(x), mask=m))
         for block in self.blocks:
-            x = block(x)
+            x = block(x, mask=m)
         return self.out(jnp.mean(x, axis=(1, 2)))

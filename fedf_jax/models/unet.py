@@ -26,8 +26,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-# Ronneberger et al. 2015, section 3: Gaussian weights with std sqrt(2 / N), N = fan-in.
-_KERNEL_INIT = nnx.initializers.he_normal()
+# Ronneberger et al. 2015, section 3: Gaussian weights with std sqrt(2 / N), N = fan-in
+# (a plain Gaussian; jax's he_normal is truncated).
+_KERNEL_INIT = nnx.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 
 class DoubleConv(nnx.Module):
@@ -52,12 +53,15 @@ class DoubleConv(nnx.Module):
         self.conv1, self.bn1 = conv(cin, cout), norm(cout)
         self.conv2, self.bn2 = conv(cout, cout), norm(cout)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """``f32[B, H, W, cin] -> f32[B, H, W, cout]``."""
+    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
+        """``f32[B, H, W, cin] -> f32[B, H, W, cout]``.
+
+        ``mask``: ``bool[B, 1, 1, 1]`` rows that count in the batch statistics, or None.
+        """
         for conv, bn in ((self.conv1, self.bn1), (self.conv2, self.bn2)):
             x = conv(x)
             if bn is not None:
-                x = bn(x)
+                x = bn(x, mask=mask)
             x = jax.nn.relu(x)
         return x
 
@@ -104,14 +108,21 @@ class UNet(nnx.Module):
         ])
         self.out = nnx.Conv(width, num_classes, (1, 1), kernel_init=_KERNEL_INIT, rngs=rngs)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """``f32[B, H, W, channels] -> f32[B, H, W, C]`` logits."""
+    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
+        """``f32[B, H, W, channels] -> f32[B, H, W, C]`` logits.
+
+        Args:
+          x: a batch of images.
+          mask: ``bool[B]``, the rows that count in train-mode batch statistics (padding
+            rows are False); None counts every row. Ignored in eval mode or without BN.
+        """
+        m = None if mask is None else jnp.reshape(mask, (-1, 1, 1, 1))
         skips = []
         for block in self.down:
-            x = block(x)
+            x = block(x, mask=m)
             skips.append(x)
             x = nnx.max_pool(x, (2, 2), strides=(2, 2))
-        x = self.bottleneck(x)
+        x = self.bottleneck(x, mask=m)
         for up, block, skip in zip(self.up, self.dec, reversed(skips), strict=True):
-            x = block(jnp.concatenate([skip, up(x)], axis=-1))
+            x = block(jnp.concatenate([skip, up(x)], axis=-1), mask=m)
         return self.out(x)
