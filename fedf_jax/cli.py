@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "images/ + masks/ or ISBI train-volume.tif + train-labels.tif)")
     g.add_argument("--width", type=int,
                    help="U-Net base width (default 64, the classic U-Net; 8 on synthetic-seg)")
+    g.add_argument("--image-size", type=_csv(int),
+                   help="segmentation: resize images and masks to H,W")
+    g.add_argument("--tile", type=int, help="segmentation: cut images into TxT tiles")
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crop and flip of training images (default: on for cifar10)")
     g.add_argument("--partition",
@@ -134,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
 _WORKER_FLAGS = ("lr", "batch_size", "local_epochs", "optimizer", "momentum")
 _RUN_FLAGS = ("workers", "epochs", "model", "data", "data_dir", "partition", "sizes",
               "dirichlet_alpha", "alpha0", "beta", "direction", "scheme", "seed",
-              "bandwidth", "latency", "backend", "devices", "width", "augment")
+              "bandwidth", "latency", "backend", "devices", "width", "augment",
+              "image_size", "tile")
 
 
 def make_config(args: argparse.Namespace) -> config_lib.RunConfig:

@@ -56,6 +56,7 @@ class RunConfig:
         ``"digits"``, or the bundled ``"synthetic-seg"`` for ``model="unet"``.
       width: U-Net base width (default 64, the classic U-Net; 8 on synthetic-seg).
       augment: random crop and flip of training images (default: on for cifar10).
+      image_size: (H, W) to resize segmentation images to; tile: cut them into T x T tiles.
       partition: ``"iid"`` (equal), ``"sizes"`` (IID, sizes given), ``"dirichlet-sizes"``
         (IID, Dirichlet(dirichlet_alpha) sizes), ``"label-dirichlet"`` (label skew).
       sizes: worker sizes for ``partition="sizes"``.
@@ -77,6 +78,8 @@ class RunConfig:
     data: str | None = None
     width: int | None = None
     augment: bool | None = None
+    image_size: tuple[int, int] | None = None
+    tile: int | None = None
     data_dir: str | None = None
     partition: str = "iid"
     sizes: tuple[int, ...] | None = None
@@ -108,6 +111,14 @@ class RunConfig:
             _check_int("width", self.width, 1)
             if self.model != "unet":
                 raise ValueError(f"`width` (={self.width}) applies to `model='unet'` only.")
+        if (self.image_size is not None or self.tile is not None) and self.data != "segmentation":
+            raise ValueError("`image_size` and `tile` apply to `data='segmentation'` only.")
+        if self.image_size is not None:
+            object.__setattr__(self, "image_size", tuple(int(v) for v in self.image_size))
+            if len(self.image_size) != 2 or min(self.image_size) < 1:
+                raise ValueError(f"`image_size` (={self.image_size}) must be two sizes H,W.")
+        if self.tile is not None:
+            _check_int("tile", self.tile, 1)
         if self.data not in DATASETS:
             raise ValueError(f"`data` (={self.data!r}) must be one of {DATASETS}.")
         if self.partition not in PARTITIONS:
@@ -136,6 +147,13 @@ class RunConfig:
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
                 raise ValueError(f"`{name}` (={v}) must be a positive number.")
+
+    @property
+    def data_options(self) -> dict[str, Any]:
+        """Keyword arguments of the data loader."""
+        if self.data != "segmentation":
+            return {}
+        return {"size": self.image_size, "tile": self.tile}
 
     @property
     def model_options(self) -> dict[str, Any]:

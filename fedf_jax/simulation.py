@@ -46,7 +46,7 @@ def root_keys(seed: int) -> tuple[jax.Array, jax.Array]:
 
 def setup(cfg: RunConfig) -> Setup:
     """Loads the data, partitions it over the workers and builds the model."""
-    ds = load_dataset(cfg.data, cfg.data_dir)
+    ds = load_dataset(cfg.data, cfg.data_dir, **cfg.data_options)
     labels = ds.y_train
     if labels.ndim > 1:  # segmentation masks: only the label-free partitions apply
         if cfg.partition == "label-dirichlet":
