@@ -142,7 +142,10 @@ def _weighted_rows(rows: jax.Array, weights: jax.Array, decode) -> jax.Array:
         return acc + jnp.sum(w[:, None] * decode(r), axis=0), None
 
     init = jnp.zeros(decode(rows[0, :1]).shape[1:], _f32)
-    return jax.lax.scan(body, init, (weights.reshape(-1, c), rows))[0]
+    weights = weights.reshape(-1, c)
+    if rows.shape[0] == 1:  # a single chunk: no loop to compile
+        return body(init, (weights[0], rows[0]))[0]
+    return jax.lax.scan(body, init, (weights, rows))[0]
 
 
 def _apply(q_pilot, votes, p_prev, p_prev2, epoch, direction):

@@ -233,7 +233,11 @@ def evaluate(model: Model, p: jax.Array, x: jax.Array, y: jax.Array, size: Array
         right = jnp.sum(mb * hits(logits, yb))
         return (acc[0] + loss, acc[1] + right), None
 
-    (loss, right), _ = jax.lax.scan(body, (jnp.float32(0), jnp.float32(0)), (xs, ys, mask))
+    zero = (jnp.float32(0), jnp.float32(0))
+    if chunks == 1:  # one forward pass: no loop to compile
+        (loss, right), _ = body(zero, (xs[0], ys[0], mask[0]))
+    else:
+        (loss, right), _ = jax.lax.scan(body, zero, (xs, ys, mask))
     count = jnp.maximum(jnp.asarray(size, jnp.float32), 1.0)
     return loss / count, right / count
 
