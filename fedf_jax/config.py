@@ -30,6 +30,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fedf_jax.data import DATASETS, PARTITIONS
 from fedf_jax.master import MasterConfig
 from fedf_jax.models import MODELS as MODEL_REGISTRY
@@ -97,6 +99,10 @@ class RunConfig:
     devices: int | None = None
 
     def __post_init__(self):
+        for name in ("alpha0", "dirichlet_alpha", "bandwidth", "latency"):
+            _check_number(name, getattr(self, name))
+        for b in self.beta if isinstance(self.beta, (list, tuple)) else (self.beta,):
+            _check_number("beta", b)
         _check_int("workers", self.workers, 1)
         _check_int("epochs", self.epochs, 1)
         _check_int("seed", self.seed, 0)
@@ -177,9 +183,15 @@ class RunConfig:
         return d
 
 
+def _check_number(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        raise ValueError(f"`{name}` (={value!r}) must be a number.")
+
+
 def _check_int(name: str, value, low: int) -> None:
-    if isinstance(value, bool) or int(value) != value or value < low:
-        raise ValueError(f"`{name}` (={value}) must be an integer >= {low}.")
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer)) or (
+            int(value) != value or value < low):
+        raise ValueError(f"`{name}` (={value!r}) must be an integer >= {low}.")
 
 
 def load_file(path: str | Path) -> dict[str, Any]:

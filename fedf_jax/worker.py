@@ -54,6 +54,10 @@ class WorkerSpec:
     momentum: float = 0.9
 
     def __post_init__(self):
+        for name in ("lr", "batch_size", "local_epochs", "momentum"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"`{name}` (={value!r}) must be a number.")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"`lr` (={self.lr}) must be a positive number.")
         if int(self.batch_size) != self.batch_size or self.batch_size < 1:

@@ -79,3 +79,17 @@ def test_help_explains_every_flag():
     for flag in ("--workers", "--epochs", "--model", "--data", "--data-dir", "--partition",
                  "--alpha0", "--beta", "--direction", "--scheme", "--seed", "--config", "--out"):
         assert flag in text, flag
+
+
+@pytest.mark.parametrize("text,needle", [
+    ('workers = "five"\n', "`workers` (='five')"),
+    ("alpha0 = [1, 2]\n", "`alpha0`"),
+    ('[[worker]]\nlr = "fast"\n', "`lr` (='fast')"),
+    ("epochs = 3\n[broken\n", "not valid TOML"),
+])
+def test_bad_config_file_values_exit_2_naming_them(text, needle, tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(text)
+    assert cli.main(["simulate", "--config", str(cfg), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1, err
