@@ -70,6 +70,28 @@ def build_parser() -> argparse.ArgumentParser:
         "pilot sends its model, the others a packed ternary vector (Eq. 4/5), and the "
         "master combines them (Eq. 3).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_run_flags(sim)
+    train = sub.add_parser(
+        "train", help="train FEDF over MPI: mpiexec -n K fedf train [flags]",
+        description="Train FEDF over MPI: rank 0 is the master, ranks 1..K-1 hold the "
+        "workers (--workers N in all, spread as evenly as possible); the run log is the "
+        "one of `fedf simulate`. Takes every flag of `fedf simulate`, plus the MPI ones.",
+        epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_run_flags(train)
+    g = train.add_argument_group("MPI")
+    g.add_argument("--timeout", type=float,
+                   help="seconds any rank waits for a message before the job is aborted, "
+                   "naming the silent rank; must exceed the slowest local training of an "
+                   "epoch (default 300)")
+    g.add_argument("--checkpoint-every", type=int, metavar="E",
+                   help="checkpoint every E epochs into OUT/checkpoint (default: never)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its latest checkpoint")
+    return parser
+
+
+def _add_run_flags(sim: argparse.ArgumentParser) -> None:
+    """The flags of a run, shared by ``simulate`` and ``train``."""
     d = config_lib.RunConfig()
     w = d.default_worker
     g = sim.add_argument_group("federation")
@@ -131,7 +153,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--devices", type=int,
                    help="with --backend sharded: use the first K local devices (default all)")
     g.add_argument("--quiet", action="store_true", help="print only the summary")
-    return parser
 
 
 _WORKER_FLAGS = ("lr", "batch_size", "local_epochs", "optimizer", "momentum")
@@ -164,6 +185,79 @@ def make_config(args: argparse.Namespace) -> config_lib.RunConfig:
         return config_lib.RunConfig(**kwargs)
     except TypeError as e:  # a wrong type in a config file
         raise ValueError(f"bad config: {e}") from None
+
+
+TRAIN_EPILOG = """\
+examples:
+  mpiexec -n 4 fedf train --workers 6 --out runs/mpi         # 3 worker ranks, 2 workers each
+  mpiexec -n 4 fedf train --out runs/mpi --checkpoint-every 5
+  mpiexec -n 4 fedf train --out runs/mpi --checkpoint-every 5 --resume
+  mpiexec -n 3 python -m mpi4py -m fedf_jax.cli train --workers 2
+
+Any error on any rank ends the whole job (MPI_Abort) with a message naming the rank.
+"""
+
+
+def train(args: argparse.Namespace) -> int:
+    """``fedf train``: thin; the MPI backend does the work (fedf_jax/backends/mpi.py)."""
+    from mpi4py import MPI
+
+    from fedf_jax.backends import mpi
+
+    mpi.install_excepthook()
+    rank = MPI.COMM_WORLD.Get_rank()
+    say = print if rank == 0 and not args.quiet else (lambda *a, **k: None)
+    try:  # the same flags on every rank: a bad one fails alike everywhere, say it once
+        cfg = make_config(args)
+        if args.centralized:
+            raise ValueError("--centralized is for `fedf simulate`.")
+        if cfg.backend != "vmap":
+            raise ValueError(f"`fedf train` trains each rank's workers with the vmap backend; "
+                             f"--backend {cfg.backend} is for `fedf simulate`.")
+        mpi.split_workers(cfg.workers, MPI.COMM_WORLD.Get_size())
+        if args.resume and not args.out:
+            raise ValueError("--resume needs the --out directory of the run to continue.")
+        if args.timeout is not None and not args.timeout > 0:
+            raise ValueError(f"--timeout (={args.timeout}) must be a positive number.")
+        if args.checkpoint_every is not None and args.checkpoint_every < 1:
+            raise ValueError(f"--checkpoint-every (={args.checkpoint_every}) must be >= 1.")
+    except ValueError as e:
+        if rank == 0:
+            print(f"fedf: error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else Path("runs") / (
+        time.strftime("%Y%m%d-%H%M%S") + f"-seed{cfg.seed}")  # rank 0's name is used
+
+    def setup(h):
+        say(f"FEDF over MPI on {cfg.data}: {cfg.workers} workers on {h['ranks'] - 1} worker "
+            f"ranks (+ master rank 0), {cfg.model.upper()} with {h['num_params']:,} "
+            f"parameters, {cfg.epochs} epochs, d = {cfg.direction:+d}, {cfg.scheme} ternaries"
+            + (f"; resuming at epoch {h['first_epoch']}" if h["first_epoch"] > 1 else ""))
+        say(f"{'epoch':>5} {'pilot':>5} {'test acc':>8} {'test loss':>9} {'bytes':>12} "
+            f"{'mpi bytes':>12} {'dropped':>7} {'wall s':>7}", flush=True)
+
+    def row(rec):
+        say(f"{rec['epoch']:>5} {rec['pilot']:>5} {rec['test_accuracy']:>8.4f} "
+            f"{rec['test_loss']:>9.4f} {rec['bytes_total']:>12,} {rec['mpi_bytes']:>12,} "
+            f"{len(rec['dropped_frames']):>7} {rec['wall_s']:>7.3f}", flush=True)
+
+    try:
+        result = mpi.run(cfg, out, timeout=args.timeout or mpi.DEFAULT_TIMEOUT,
+                         checkpoint_every=args.checkpoint_every, resume=args.resume,
+                         on_setup=setup, on_epoch=row)
+    except mpi.ResumeError as e:
+        if rank == 0:
+            print(f"fedf: error: {e}", file=sys.stderr)
+        return 2
+    if rank == 0:
+        print(f"final test accuracy   {result['final_test_accuracy']:.4f} "
+              f"(best {result['best_test_accuracy']:.4f})")
+        print(f"bytes                 {_fmt_bytes(result['bytes_total'])} counted as "
+              f"deployed; {_fmt_bytes(result['mpi_bytes_total'])} moved by MPI")
+        print(f"time                  {result['wall_s']:.1f} s")
+        print(f"run log               {out / 'run.jsonl'}; final model "
+              f"{out / 'final_model.npy'}")
+    return 0
 
 
 def _fmt_bytes(n: float) -> str:
@@ -238,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "simulate":
             return simulate(args)
+        if args.command == "train":
+            return train(args)
     except (ValueError, FileNotFoundError, NotADirectoryError) as e:
         print(f"fedf: error: {e}", file=sys.stderr)
         return 2

@@ -44,17 +44,23 @@ def root_keys(seed: int) -> tuple[jax.Array, jax.Array]:
     return jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)
 
 
-def setup(cfg: RunConfig) -> Setup:
-    """Loads the data, partitions it over the workers and builds the model."""
-    ds = load_dataset(cfg.data, cfg.data_dir, **cfg.data_options)
+def partition_workers(cfg: RunConfig, ds: Dataset) -> list[np.ndarray]:
+    """Each worker's training-sample indices: the run's seeded partition (the MPI
+    backend computes the same one on every rank)."""
     labels = ds.y_train
     if labels.ndim > 1:  # segmentation masks: only the label-free partitions apply
         if cfg.partition == "label-dirichlet":
             raise ValueError(f"`partition='label-dirichlet'` needs class labels; data set "
                              f"{cfg.data!r} has masks. Use iid, sizes or dirichlet-sizes.")
         labels = np.zeros(len(labels), np.int32)
-    parts = partition(labels, cfg.workers, cfg.partition, seed=cfg.seed,
-                      sizes=cfg.sizes, alpha=cfg.dirichlet_alpha)
+    return partition(labels, cfg.workers, cfg.partition, seed=cfg.seed,
+                     sizes=cfg.sizes, alpha=cfg.dirichlet_alpha)
+
+
+def setup(cfg: RunConfig) -> Setup:
+    """Loads the data, partitions it over the workers and builds the model."""
+    ds = load_dataset(cfg.data, cfg.data_dir, **cfg.data_options)
+    parts = partition_workers(cfg, ds)
     wd = stack_workers(ds.x_train, ds.y_train, parts)
     model = make_model(cfg.model, ds.x_train.shape[1:], ds.num_classes, **cfg.model_options)
     init_key, train_key = root_keys(cfg.seed)
