@@ -211,9 +211,6 @@ def train(args: argparse.Namespace) -> int:
         cfg = make_config(args)
         if args.centralized:
             raise ValueError("--centralized is for `fedf simulate`.")
-        if cfg.backend != "vmap":
-            raise ValueError(f"`fedf train` trains each rank's workers with the vmap backend; "
-                             f"--backend {cfg.backend} is for `fedf simulate`.")
         mpi.split_workers(cfg.workers, MPI.COMM_WORLD.Get_size())
         if args.resume and not args.out:
             raise ValueError("--resume needs the --out directory of the run to continue.")

@@ -73,20 +73,23 @@ needs_mpiexec = pytest.mark.skipif(
     "(pip install mpich, or a system MPI)")
 
 
-def _env(fault: str | None = None) -> dict[str, str]:
+def _env(fault: str | None = None, devices: int | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", mpi.FAULT_ENV)}
     env["JAX_PLATFORMS"] = "cpu"
+    if devices:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     if fault:
         env[mpi.FAULT_ENV] = fault
     return env
 
 
 def _train(out: Path, *flags: str, ranks: int = 3, fault: str | None = None,
-           timeout: float = 240) -> tuple[subprocess.CompletedProcess, float]:
+           timeout: float = 240, devices: int | None = None
+           ) -> tuple[subprocess.CompletedProcess, float]:
     cmd = [MPIEXEC, "-n", str(ranks), sys.executable, "-m", "mpi4py", "-m", "fedf_jax.cli",
            "train", "--quiet", "--out", str(out), *flags]
     t0 = time.monotonic()
-    proc = subprocess.run(cmd, env=_env(fault), capture_output=True, text=True,
+    proc = subprocess.run(cmd, env=_env(fault, devices), capture_output=True, text=True,
                           timeout=timeout)
     return proc, time.monotonic() - t0
 
@@ -266,6 +269,16 @@ def _assert_agree(header, epochs, final, sim):
 def test_mpi_run_matches_the_simulator_with_two_workers_per_rank(run_a):
     assert run_a["header"]["worker_ranks"] == [[], [0, 1], [2, 3]]
     _assert_agree(run_a["header"], run_a["epochs"], run_a["final"], run_a["sim"])
+
+
+@needs_mpiexec
+def test_sharded_backend_inside_each_rank_matches_the_simulator(tmp_path, run_a):
+    # Each worker rank spreads its 2 workers over its 2 (forced CPU) devices.
+    proc, _ = _train(tmp_path, *FLAGS_A, "--backend", "sharded", "--devices", "2", devices=2)
+    _ok(proc)
+    header, epochs = runlog.read(tmp_path / "run.jsonl")
+    assert all(len(d["devices"]) == 2 for d in header["rank_devices"][1:])
+    _assert_agree(header, epochs, np.load(tmp_path / "final_model.npy"), run_a["sim"])
 
 
 @needs_mpiexec

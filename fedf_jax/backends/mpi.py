@@ -77,6 +77,7 @@ import numpy as np
 from mpi4py import MPI
 
 from fedf_jax import checkpoint, codec, master, runlog, simulation, worker
+from fedf_jax.backends import sharded
 from fedf_jax.backends import vmap as vb
 from fedf_jax.config import RunConfig
 from fedf_jax.data import load_dataset, stack_workers
@@ -470,17 +471,23 @@ def decode_frames(buf: np.ndarray, lengths: np.ndarray, pilot: int, epoch: int,
 # --------------------------------------------------------------------------- jitted steps
 
 
-def _worker_step(model: Model, plan: vb.Plan, scheme: str, p_prev, p_prev2, epoch,
+def _worker_step(model: Model, plan: vb.Plan, scheme: str, mesh, p_prev, p_prev2, epoch,
                  opt_states, data: vb.SimData):
-    """A worker rank's side of one epoch: every local group's ``vb.group_step``.
+    """A worker rank's side of one epoch: every local group's ``vb.group_step``, on one
+    device (``mesh`` None, the vmap backend) or spread over the rank's local devices
+    (the sharded backend's ``group_steps``).
 
     Returns:
       (qs, costs, packed, opt_states): the local models per group (they stay on the
       device; only the pilot's row is read), f32[n] and u8[n, packed_size(M)] in the
       rank's worker order, the new optimizer states.
     """
-    outs = [vb.group_step(model, g, scheme, p_prev, p_prev2, epoch, o, gd, data.train_key)
-            for g, gd, o in zip(plan.groups, data.groups, opt_states, strict=True)]
+    if mesh is not None:
+        outs = sharded.group_steps(model, plan, scheme, mesh, p_prev, p_prev2, epoch,
+                                   opt_states, data)
+    else:
+        outs = [vb.group_step(model, g, scheme, p_prev, p_prev2, epoch, o, gd, data.train_key)
+                for g, gd, o in zip(plan.groups, data.groups, opt_states, strict=True)]
     back = np.argsort(plan.order)
     costs = jnp.concatenate([o.costs for o in outs])[back]
     packed = jnp.concatenate([o.packed for o in outs])[back]
@@ -541,8 +548,14 @@ def _run_worker(cfg: RunConfig, link: Link, faults: Sequence[Fault],
     sizes = [int(v) for v in wd.sizes]
     del ds, parts, wd
     p0 = model.init(init_key)
-    opt_states = vb.init_state(plan, data, p0).opt_states
-    step = jax.jit(functools.partial(_worker_step, model, plan, cfg.scheme),
+    mesh = None
+    if cfg.backend == "sharded":  # this rank's workers over its local devices
+        mesh = sharded.make_mesh(cfg.devices)
+        data = sharded.shard_data(plan, data, mesh)
+        opt_states = sharded.init_state(plan, data, p0, mesh).opt_states
+    else:
+        opt_states = vb.init_state(plan, data, p0).opt_states
+    step = jax.jit(functools.partial(_worker_step, model, plan, cfg.scheme, mesh),
                    donate_argnums=3).lower(p0, p0, jnp.int32(1), opt_states, data).compile()
     where = {row: (g, j) for g, grp in enumerate(plan.groups) for j, row in enumerate(grp.rows)}
     m = model.num_params

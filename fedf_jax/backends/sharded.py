@@ -91,13 +91,17 @@ def init_state(plan: vb.Plan, data: vb.SimData, p0: jax.Array,
                        jax.device_put(state.opt_states, rows))
 
 
-def epoch(model: Model, plan: vb.Plan, cfg: master.MasterConfig, mesh: jax.sharding.Mesh,
-          state: vb.SimState, data: vb.SimData) -> tuple[vb.SimState, vb.EpochOutput]:
-    """One FEDF epoch: sharded worker side, then the shared master side."""
-    ms = state.master
+def group_steps(model: Model, plan: vb.Plan, scheme: str, mesh: jax.sharding.Mesh,
+                p_prev: jax.Array, p_prev2: jax.Array, epoch: jax.Array, opt_states,
+                data: vb.SimData) -> list[vb.GroupOutput]:
+    """Every group's worker side, each device running its slice of the group's workers.
+
+    The padding workers' rows are cut off the outputs (the master never sees them);
+    the returned optimizer states keep them (they stay sharded for the next epoch).
+    """
     outs = []
-    for g, gd, o in zip(plan.groups, data.groups, state.opt_states, strict=True):
-        step = functools.partial(vb.group_step, model, g, cfg.scheme)
+    for g, gd, o in zip(plan.groups, data.groups, opt_states, strict=True):
+        step = functools.partial(vb.group_step, model, g, scheme)
         sharded = jax.shard_map(
             lambda p1, p2, t, o, gd, key, step=step: step(p1, p2, t, o, gd, key),
             mesh=mesh, in_specs=(P(), P(), P(), P(AXIS), P(AXIS), P()),
@@ -105,10 +109,19 @@ def epoch(model: Model, plan: vb.Plan, cfg: master.MasterConfig, mesh: jax.shard
             # The workers' state becomes per-device ("varying") inside the local
             # training scan while P^{t-1} enters replicated; the check would reject it.
             check_vma=False)
-        out = sharded(ms.p_prev, ms.p_prev2, ms.epoch, o, gd, data.train_key)
+        out = sharded(p_prev, p_prev2, epoch, o, gd, data.train_key)
         n_g = len(g.rows)  # cut the padding workers off: the master never sees them
         outs.append(vb.GroupOutput(out.q[:n_g], out.costs[:n_g], out.packed[:n_g],
                                    out.nonzero[:n_g], out.opt_state))
+    return outs
+
+
+def epoch(model: Model, plan: vb.Plan, cfg: master.MasterConfig, mesh: jax.sharding.Mesh,
+          state: vb.SimState, data: vb.SimData) -> tuple[vb.SimState, vb.EpochOutput]:
+    """One FEDF epoch: sharded worker side, then the shared master side."""
+    ms = state.master
+    outs = group_steps(model, plan, cfg.scheme, mesh, ms.p_prev, ms.p_prev2, ms.epoch,
+                       state.opt_states, data)
     return vb.master_phase(model, plan, cfg, state, data, outs)
 
 
@@ -128,5 +141,6 @@ def device_memory(mesh: jax.sharding.Mesh) -> list[dict]:
     return out
 
 
-__all__ = ["AXIS", "make_mesh", "shard_data", "init_state", "epoch", "make_epoch_fn",
+__all__ = ["AXIS", "make_mesh", "shard_data", "init_state", "group_steps", "epoch",
+           "make_epoch_fn",
            "device_memory"]
