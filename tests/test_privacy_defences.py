@@ -1,0 +1,158 @@
+"""Defences, DP accounting, the canary audit and the attack statistics."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import sklearn.metrics
+from dp_accounting import GaussianDpEvent, SelfComposedDpEvent
+from dp_accounting.rdp import RdpAccountant
+from scipy import optimize
+from scipy import stats as sps
+
+from fedf_jax.privacy import defences, stats
+
+DELTA = 1e-5
+
+
+def balle_wang_epsilon(sigma: float, delta: float) -> float:
+    """Analytic Gaussian mechanism (Balle & Wang 2018, Thm. 8), sensitivity 1: the eps
+    solving ``Phi(1/(2s) - eps s) - e^eps Phi(-1/(2s) - eps s) = delta``."""
+    def gap(eps):
+        return (sps.norm.cdf(0.5 / sigma - eps * sigma)
+                - math.exp(eps) * sps.norm.cdf(-0.5 / sigma - eps * sigma) - delta)
+    return optimize.brentq(gap, 0.0, 500.0, xtol=1e-12)
+
+
+@pytest.mark.parametrize("sigma,rounds", [(1.0, 1), (2.0, 10), (5.0, 100), (0.8, 4)])
+def test_epsilon_matches_the_analytic_gaussian_mechanism(sigma, rounds):
+    # `rounds` Gaussians of multiplier sigma = one Gaussian of multiplier sigma / sqrt(rounds)
+    want = balle_wang_epsilon(sigma / math.sqrt(rounds), DELTA)
+    assert defences.epsilon(sigma, rounds, DELTA) == pytest.approx(want, rel=1e-3)
+
+
+@pytest.mark.parametrize("sigma,rounds", [(1.0, 1), (2.0, 10)])
+def test_epsilon_is_below_the_rdp_bound(sigma, rounds):
+    acc = RdpAccountant()
+    acc.compose(SelfComposedDpEvent(GaussianDpEvent(sigma), rounds))
+    rdp = acc.get_epsilon(DELTA)
+    eps = defences.epsilon(sigma, rounds, DELTA)
+    assert eps <= rdp
+    assert eps > 0.8 * rdp  # RDP is loose, but not by much for Gaussians
+
+
+def test_epsilon_falls_with_noise_and_grows_with_rounds():
+    by_sigma = [defences.epsilon(s, 5, DELTA) for s in (0.7, 1.0, 2.0)]
+    by_rounds = [defences.epsilon(2.0, t, DELTA) for t in (1, 3, 10)]
+    assert np.all(np.diff(by_sigma) < 0)
+    assert np.all(np.diff(by_rounds) > 0)
+    assert defences.epsilon(0.0, 3, DELTA) == math.inf
+
+
+@pytest.mark.parametrize("eps,rounds", [(1.0, 3), (8.0, 3), (2.5, 20)])
+def test_sigma_for_epsilon_round_trip(eps, rounds):
+    sigma = defences.sigma_for_epsilon(eps, rounds, DELTA)
+    assert defences.epsilon(sigma, rounds, DELTA) == pytest.approx(eps, rel=2e-3)
+    assert defences.sigma_for_epsilon(math.inf, rounds, DELTA) == 0.0
+
+
+def test_worker_dp_spends_its_budget_over_both_channels():
+    d = defences.worker_dp(8.0, 3, DELTA, clip=0.5)
+    # composing the update (sensitivity 2 clip) and the cost events in dp-accounting ...
+    assert d.epsilon(3, DELTA) == pytest.approx(8.0, rel=2e-3)
+    # ... equals one Gaussian with the combined multiplier
+    assert defences.epsilon(d.noise_multiplier, 3, DELTA) == pytest.approx(8.0, rel=2e-3)
+    assert (2 / d.sigma) ** 2 / d.noise_multiplier ** -2 == pytest.approx(
+        1 - defences.COST_SHARE)
+    assert defences.worker_dp(math.inf, 3, DELTA).epsilon(3, DELTA) == math.inf
+
+
+def test_clipping_bound_is_exact():
+    rng = np.random.default_rng(0)
+    p = rng.normal(size=37).astype(np.float32)
+    d = defences.WorkerDP("clip", clip=0.5, sigma=0.0, cost_sigma=0.0)
+    for scale in (0.01, 10.0):
+        q = p + scale * rng.normal(size=37).astype(np.float32)
+        sent, _ = jax.jit(d.worker)(jax.random.key(0), q, p, jnp.float32(1.0))
+        delta = (q - p).astype(np.float64)
+        want = delta * min(1.0, 0.5 / np.linalg.norm(delta))
+        np.testing.assert_allclose(np.asarray(sent) - p, want, atol=1e-5)
+    assert np.linalg.norm(np.asarray(sent) - p) == pytest.approx(0.5, rel=1e-5)
+
+
+def test_noise_std_over_many_draws():
+    d = defences.WorkerDP("dp", clip=0.3, sigma=2.0, cost_sigma=0.1, cost_clip=4.0)
+    p = jnp.zeros(37)
+    keys = jax.random.split(jax.random.key(1), 4000)
+    sent, cost = jax.vmap(lambda k: d.worker(k, p, p, jnp.float32(9.0)))(keys)
+    assert float(jnp.std(sent)) == pytest.approx(2.0 * 0.3, rel=0.02)
+    assert float(jnp.mean(sent)) == pytest.approx(0.0, abs=0.01)
+    assert float(jnp.std(cost)) == pytest.approx(0.1 * 4.0, rel=0.05)
+    assert float(jnp.mean(cost)) == pytest.approx(4.0, abs=0.03)  # 9.0 clipped to 4.0
+    pn = defences.PilotNoise("pn", 0.05)
+    q = jnp.ones(37)
+    assert pn.worker(keys[0], q, p, jnp.float32(1.0))[0] is q
+    noisy = jax.vmap(lambda k: pn.pilot(k, q))(keys)
+    assert float(jnp.std(noisy)) == pytest.approx(0.05, rel=0.02)
+
+
+def test_from_arm_builds_the_named_defence():
+    assert defences.from_arm("fedf+1", 3, DELTA) is None
+    assert defences.from_arm("fedavg", 3, DELTA) is None
+    d = defences.from_arm("fedf-1+dp8", 3, DELTA, clip=2.0)
+    assert isinstance(d, defences.WorkerDP) and d.clip == 2.0 and d.name == "dp8"
+    assert d.epsilon(3, DELTA) == pytest.approx(8.0, rel=2e-3)
+    inf = defences.from_arm("fedf+1+dpinf", 3, DELTA)
+    assert inf.sigma == 0.0 and inf.cost_sigma == 0.0
+    pn = defences.from_arm("fedf+1+pilotnoise0.01", 3, DELTA)
+    assert isinstance(pn, defences.PilotNoise) and pn.sigma == 0.01
+    for bad in ("fedf+2", "fedf+1+dp", "fedf+1+dp-1", "fedf+1+dp0", "sgd+dp8"):
+        with pytest.raises(ValueError, match="arm"):
+            defences.from_arm(bad, 3, DELTA)
+
+
+def test_audit_bounds_a_known_gaussian_mechanism():
+    # scores of a Gaussian mechanism of multiplier 1 (sensitivity 1): N(1, 1) vs N(0, 1)
+    rng = np.random.default_rng(0)
+    true_eps = defences.epsilon(1.0, 1, DELTA)
+    audit = defences.audited_epsilon(rng.normal(1, 1, 1000), rng.normal(0, 1, 1000), DELTA)
+    assert 0.3 < audit["eps_lb"] < true_eps
+    assert audit["auc"] == pytest.approx(sps.norm.cdf(1 / math.sqrt(2)), abs=0.03)
+    same = defences.audited_epsilon(rng.normal(0, 1, 1000), rng.normal(0, 1, 1000), DELTA)
+    assert same["eps_lb"] < 0.3
+    # perfectly separated n vs n runs: bounded by the CP interval, about log(n / 3.7)
+    sep = defences.audited_epsilon(np.ones(100), np.zeros(100), DELTA)
+    assert sep["eps_lb"] == pytest.approx(math.log(
+        (stats.clopper_pearson(100, 100)[0] - DELTA) / stats.clopper_pearson(0, 100)[1]))
+
+
+def test_roc_auc_and_tpr_at_fpr_match_sklearn():
+    rng = np.random.default_rng(3)
+    y = rng.random(300) < 0.4
+    s = np.round(rng.normal(y * 0.8, 1.0), 1)  # rounded: many ties
+    assert stats.roc_auc(y, s) == pytest.approx(sklearn.metrics.roc_auc_score(y, s))
+    fpr, tpr, _ = sklearn.metrics.roc_curve(y, s, drop_intermediate=False)
+    for target in (0.01, 0.1, 0.5):
+        assert stats.tpr_at_fpr(y, s, target) == pytest.approx(tpr[fpr <= target].max())
+    assert stats.best_balanced_accuracy(y, s) == pytest.approx(np.max((tpr + 1 - fpr) / 2))
+    assert stats.balanced_accuracy(y, s > 0.4) == pytest.approx(
+        sklearn.metrics.balanced_accuracy_score(y, s > 0.4))
+    assert math.isnan(stats.roc_auc(np.ones(3), [1.0, 2.0, 3.0]))
+    with pytest.raises(ValueError, match="same length"):
+        stats.roc_auc([1, 0], [0.5])
+
+
+def test_set_f1_and_its_chance_level():
+    assert stats.set_f1({1, 2}, {2, 3}) == pytest.approx(0.5)
+    assert stats.set_f1(set(), set()) == 1.0
+    rng = np.random.default_rng(0)
+    draws = [stats.set_f1({0, 1, 2}, rng.choice(10, 4, replace=False)) for _ in range(20000)]
+    assert np.mean(draws) == pytest.approx(stats.chance_set_f1(10, 3, 4), abs=0.005)
+
+
+def test_clopper_pearson_matches_scipy():
+    for k, n in ((0, 20), (7, 20), (20, 20)):
+        ci = sps.binomtest(k, n).proportion_ci(0.95, method="exact")
+        np.testing.assert_allclose(stats.clopper_pearson(k, n), (ci.low, ci.high), atol=1e-9)
