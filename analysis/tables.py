@@ -8,7 +8,9 @@
 * Time to target: the first epoch whose test accuracy reaches the target, and the
   modeled (deployed) and wall seconds summed up to and including it; the speedup
   is the centralized group's mean modeled time to target over the group's (the
-  paper's speedup, Sec. 5.1: centralized training time / distributed time).
+  paper's speedup, Sec. 5.1: centralized training time / distributed time). The
+  whole-run speedup divides whole runs' modeled times instead (the paper's Fig. 2,
+  which compares runs of the same number of epochs).
 """
 
 from __future__ import annotations
@@ -134,12 +136,18 @@ def summarize(groups: Mapping[GroupKey, Sequence[Run]],
                     and (r["data"], r["model"]) == (row["data"], row["model"])), None)
         row["gap_pp"] = (100 * (row["final_accuracy"].mean - ref["final_accuracy"].mean)
                          if ref else None)
-        row["speedup"] = (ref["target_modeled_s"].mean / row["target_modeled_s"].mean
+        row["speedup"] = (ratio(ref["target_modeled_s"].mean, row["target_modeled_s"].mean)
                           if ref and row["reached"] and ref["reached"] else None)
-        row["speedup_run"] = (ref["run_modeled_s"].mean / row["run_modeled_s"].mean
+        row["speedup_run"] = (ratio(ref["run_modeled_s"].mean, row["run_modeled_s"].mean)
                               if ref else None)
     return [{"data": d, "model": m, "target": t, "rule": rule}
             for (d, m), (t, rule) in targets.items()], rows
+
+
+def ratio(num: float, den: float) -> float:
+    """num / den; NaN when either is not finite or den is not positive."""
+    ok = np.isfinite(num) and np.isfinite(den) and den > 0
+    return float(num / den) if ok else math.nan
 
 
 # --- markdown -----------------------------------------------------------------------------
