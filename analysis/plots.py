@@ -17,6 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 from analysis.runs import CENTRAL, GroupKey, Run, label_rank, stack  # noqa: E402
@@ -121,6 +122,8 @@ def _curves(groups: Groups, path: Path, key: str, ylabel: str, title: str,
                        label=f"target {target:.4f}")
         ax.set_title(f"{data} / {model}" + (f", N = {n}" if n is not None else ""))
         ax.set_xlabel("cumulative modeled time (s)" if x_time else "global epoch")
+        if not x_time:
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)
         if log_y:
             ax.set_yscale("log")
@@ -183,10 +186,16 @@ def bytes_per_epoch(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
                     xs.append(ns.index(w) - 0.4 + width * (j + 0.5))
                     ys.append(s.mean / 1e6)
                     es.append(0.0 if s.n < 2 else s.std / 1e6)
-            ax.bar(xs, ys, width=width, yerr=es, color=palette[name], label=name,
-                   edgecolor="black", linewidth=0.4, capsize=2)
+            bars = ax.bar(xs, ys, width=width, yerr=es, color=palette[name], label=name,
+                          edgecolor="black", linewidth=0.4, capsize=2)
+            ax.bar_label(bars, labels=[f"{y:.3g}" for y in ys], fontsize=6, padding=1)
         ax.set_xticks(range(len(ns)), [f"N = {n}" for n in ns])
         ax.set_yscale("log")
+        values = [r["bytes_per_epoch"]["total"].mean / 1e6 for r in mine]
+        if values:  # whole decades, so that bar heights compare from a common floor
+            ax.set_ylim(10 ** np.floor(np.log10(min(values))),
+                        10 ** np.ceil(np.log10(max(values) * 2)))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("workers")
         ax.set_ylabel("MB per global epoch")
         ax.set_title(" / ".join(p for p in pair if p))
