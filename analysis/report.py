@@ -22,11 +22,12 @@ from analysis import tables
 from fedf_jax import runlog
 
 HELP = "tables and figures (markdown, JSON, PNG) from run logs"
-DESCRIPTION = (
-    "Read every run log (run.jsonl) in or below the RUN_DIRs, group the runs by (data, "
-    "model, method, N), aggregate over seeds (mean ± sample std) and write REPORT_DIR/"
-    "report.md (accuracy, bytes per epoch, time to a target accuracy and speedup vs "
-    "centralized training), summary.json (the same numbers) and PNG figures.")
+DESCRIPTION = """\
+Read every run log (run.jsonl) in or below the RUN_DIRs, group the runs by
+(data, model, method, N), aggregate over seeds (mean ± sample std) and write
+REPORT_DIR/report.md (test accuracy, bytes per epoch, time to a target accuracy
+and speedup vs centralized training), summary.json (the same numbers) and PNG
+figures."""
 EPILOG = """\
 examples:
   fedf report runs/table2                         # every run below runs/table2
@@ -131,7 +132,10 @@ def make_report(run_dirs: Sequence[str | Path], out: str | Path | None = None,
     runs, empty = runs_lib.load_runs(run_dirs)
     groups = runs_lib.group_runs(runs)
     targets, rows = tables.summarize(groups, target)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--out {out}: cannot create the folder ({e.strerror}).") from None
 
     from analysis import plots  # matplotlib only when a report is written
 
