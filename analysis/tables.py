@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -116,7 +117,7 @@ def summarize(groups: Mapping[GroupKey, Sequence[Run]],
     for key, runs in groups.items():
         tgt = targets[key.data, key.model][0]
         per_run = [run_metrics(r, tgt) for r in runs]
-        col = lambda name: stat([m[name] for m in per_run])  # noqa: B023
+        col = functools.partial(_column, per_run)
         reached = sum(np.isfinite(m["target_epoch"]) for m in per_run)
         rows.append({
             "data": key.data, "model": key.model, "label": key.label,
@@ -142,6 +143,10 @@ def summarize(groups: Mapping[GroupKey, Sequence[Run]],
                               if ref else None)
     return [{"data": d, "model": m, "target": t, "rule": rule}
             for (d, m), (t, rule) in targets.items()], rows
+
+
+def _column(per_run: Sequence[Mapping[str, float]], name: str) -> Stat:
+    return stat([m[name] for m in per_run])
 
 
 def ratio(num: float, den: float) -> float:
