@@ -21,6 +21,8 @@ examples:
   fedf simulate --workers 3 --direction -1        # Eq. (3) with the sign as printed
   fedf simulate --partition label-dirichlet --dirichlet-alpha 0.3 --centralized
   fedf simulate --config workers.toml --out runs/hetero
+  fedf simulate --algorithm fedavg --fraction 0.5  # a baseline on the same data and log
+  fedf report runs/                               # tables and plots from run logs
 
 A config file (JSON or TOML) sets any option by its long name with '_' for '-'
 and may give each worker its own private spec:
@@ -95,6 +97,14 @@ def _add_run_flags(sim: argparse.ArgumentParser) -> None:
     d = config_lib.RunConfig()
     w = d.default_worker
     g = sim.add_argument_group("federation")
+    g.add_argument("--algorithm", choices=config_lib.ALGORITHMS,
+                   help="fedf (default); or a baseline on the same data, model and run log: "
+                   "fedavg (example-weighted model averaging), phong (the model visits the "
+                   "workers in turn; Phong and Phuong), terngrad (synchronous SGD with "
+                   "stochastic ternary gradients; Wen et al.), central (one worker holding "
+                   "all the data)")
+    g.add_argument("--fraction", type=float,
+                   help="fedavg: fraction C of the workers sampled each round (default 1)")
     g.add_argument("--workers", type=int, help=f"number of workers N (default {d.workers})")
     g.add_argument("--epochs", type=int, help=f"global epochs (default {d.epochs})")
     g.add_argument("--alpha0", type=float,
@@ -152,6 +162,9 @@ def _add_run_flags(sim: argparse.ArgumentParser) -> None:
                    "spread over the local devices with shard_map")
     g.add_argument("--devices", type=int,
                    help="with --backend sharded: use the first K local devices (default all)")
+    g.add_argument("--scan-epochs", type=int, metavar="E",
+                   help="fedf on the vmap backend: run E epochs per jitted call (one "
+                   "lax.scan; same run log, fewer host round trips; default 1)")
     g.add_argument("--quiet", action="store_true", help="print only the summary")
 
 
@@ -159,7 +172,7 @@ _WORKER_FLAGS = ("lr", "batch_size", "local_epochs", "optimizer", "momentum")
 _RUN_FLAGS = ("workers", "epochs", "model", "data", "data_dir", "partition", "sizes",
               "dirichlet_alpha", "alpha0", "beta", "direction", "scheme", "seed",
               "bandwidth", "latency", "backend", "devices", "width", "augment",
-              "image_size", "tile")
+              "image_size", "tile", "algorithm", "fraction", "scan_epochs")
 
 
 def make_config(args: argparse.Namespace) -> config_lib.RunConfig:
@@ -211,6 +224,9 @@ def train(args: argparse.Namespace) -> int:
         cfg = make_config(args)
         if args.centralized:
             raise ValueError("--centralized is for `fedf simulate`.")
+        if cfg.algorithm != "fedf" or cfg.scan_epochs > 1:
+            raise ValueError("`fedf train` runs FEDF epoch by epoch; --algorithm and "
+                             "--scan-epochs are for `fedf simulate`.")
         mpi.split_workers(cfg.workers, MPI.COMM_WORLD.Get_size())
         if args.resume and not args.out:
             raise ValueError("--resume needs the --out directory of the run to continue.")
@@ -280,20 +296,24 @@ def simulate(args: argparse.Namespace) -> int:
         from fedf_jax.backends import sharded
 
         sharded.make_mesh(cfg.devices)  # a bad device count fails before any output
-    say(f"FEDF on {cfg.data}: {cfg.workers} workers ({cfg.partition}, sizes "
-        f"{_short(setup.sizes.tolist())}), {cfg.model.upper()} with "
-        f"{setup.model.num_params:,} parameters, {cfg.epochs} epochs, d = {cfg.direction:+d}, "
-        f"{cfg.scheme} ternaries, {cfg.backend} backend on "
+    what = {"fedf": f"d = {cfg.direction:+d}, {cfg.scheme} ternaries",
+            "fedavg": f"C = {cfg.fraction:g}", "phong": "sequential", "terngrad": "2-bit",
+            "central": f"all {len(setup.union)} samples on one worker"}[cfg.algorithm]
+    say(f"{NAMES[cfg.algorithm]} on {cfg.data}: {cfg.workers} workers ({cfg.partition}, "
+        f"sizes {_short(setup.sizes.tolist())}), {cfg.model.upper()} with "
+        f"{setup.model.num_params:,} parameters, {cfg.epochs} epochs, {what}, "
+        f"{cfg.backend} backend on "
         f"{cfg.devices or (len(jax.local_devices()) if cfg.backend == 'sharded' else 1)} "
         f"{jax.devices()[0].platform.upper()} device(s)")
-    say("compiling the epoch step ...", flush=True)
+    say("compiling ...", flush=True)
     say(f"{'epoch':>5} {'pilot':>5} {'test acc':>8} {'test loss':>9} {'bytes':>12} "
         f"{'nonzero':>7} {'wall s':>7}")
 
     def row(rec):
-        say(f"{rec['epoch']:>5} {rec['pilot']:>5} {rec['test_accuracy']:>8.4f} "
-            f"{rec['test_loss']:>9.4f} {rec['bytes_total']:>12,} "
-            f"{100 * rec['ternary_nonzero_fraction']:>6.1f}% {rec['wall_s']:>7.3f}", flush=True)
+        nz = rec["ternary_nonzero_fraction"]
+        say(f"{rec['epoch']:>5} {rec['pilot'] if rec['pilot'] >= 0 else '-':>5} "
+            f"{rec['test_accuracy']:>8.4f} {rec['test_loss']:>9.4f} {rec['bytes_total']:>12,} "
+            f"{f'{100 * nz:.1f}%' if nz == nz else '-':>7} {rec['wall_s']:>7.3f}", flush=True)
 
     result = simulation.run(cfg, out, on_epoch=row)
     print(f"final test accuracy   {result['final_test_accuracy']:.4f} "
@@ -306,14 +326,24 @@ def simulate(args: argparse.Namespace) -> int:
         print(f"centralized accuracy  {recs[-1]['test_accuracy']:.4f} (same model, data and "
               f"loop, one worker with all {len(idx)} samples)")
     eq8, counted = result["eq8_bytes_per_epoch"], result["bytes_per_epoch_payload"]
-    check = "equal" if counted == eq8 else (
-        f"+{counted - eq8:.0f} B: each ternary rounds up to whole bytes")
-    print(f"bytes                 {_fmt_bytes(result['bytes_total'])} in all; per epoch "
-          f"{counted:,} payload vs Eq. (8) {eq8:,.1f} ({check})")
-    print(f"time                  {result['wall_s']:.1f} s here; "
-          f"{result['modeled_s']:.1f} s modeled deployed")
+    if cfg.algorithm == "fedf":
+        check = "equal" if counted == eq8 else (
+            f"+{counted - eq8:.0f} B: each ternary rounds up to whole bytes")
+        print(f"bytes                 {_fmt_bytes(result['bytes_total'])} in all; per epoch "
+              f"{counted:,} payload vs Eq. (8) {eq8:,.1f} ({check})")
+    else:
+        print(f"bytes                 {_fmt_bytes(result['bytes_total'])} in all; "
+              f"{_fmt_bytes(result['bytes_per_epoch'])} per epoch (FEDF's Eq. 8: "
+              f"{_fmt_bytes(eq8)})")
+    print(f"time                  {result['wall_s']:.1f} s training + "
+          f"{result['compile_s']:.1f} s compiling here; {result['modeled_s']:.2f} s modeled "
+          "deployed")
     print(f"run log               {out / 'run.jsonl'}")
     return 0
+
+
+NAMES = {"fedf": "FEDF", "fedavg": "FedAvg", "phong": "Phong et al.", "terngrad": "TernGrad",
+         "central": "Centralized training"}
 
 
 def _short(values: list, limit: int = 8) -> str:

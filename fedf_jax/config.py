@@ -44,6 +44,7 @@ else:  # pragma: no cover
 
 MODELS = tuple(MODEL_REGISTRY)
 BACKENDS = ("vmap", "sharded")
+ALGORITHMS = ("fedf", "fedavg", "phong", "terngrad", "central")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +73,14 @@ class RunConfig:
       backend: ``"vmap"`` (all workers batched on one device) or ``"sharded"``
         (workers spread over local devices with shard_map).
       devices: how many local devices the sharded backend uses (default: all).
+      algorithm: ``"fedf"`` (default) or a baseline on the same data, model and run
+        log: ``"fedavg"`` (McMahan et al., example-weighted), ``"phong"`` (Phong and
+        Phuong: the model passes through the workers in turn), ``"terngrad"`` (Wen et
+        al.: synchronous SGD with stochastic ternary gradients), ``"central"`` (one
+        worker holding the union of the workers' data).
+      fraction: FedAvg's fraction C of the workers sampled each round (default 1).
+      scan_epochs: FEDF epochs per jitted call (a ``lax.scan`` over epochs; the run
+        log is the same, wall times are the call's time split evenly).
     """
 
     workers: int = 5
@@ -97,6 +106,9 @@ class RunConfig:
     latency: float = 1e-3
     backend: str = "vmap"
     devices: int | None = None
+    algorithm: str = "fedf"
+    fraction: float = 1.0
+    scan_epochs: int = 1
 
     def __post_init__(self):
         for name in ("alpha0", "dirichlet_alpha", "bandwidth", "latency"):
@@ -149,6 +161,21 @@ class RunConfig:
             _check_int("devices", self.devices, 1)
             if self.backend != "sharded":
                 raise ValueError(f"`devices` (={self.devices}) needs `backend='sharded'`.")
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"`algorithm` (={self.algorithm!r}) must be one of {ALGORITHMS}.")
+        _check_number("fraction", self.fraction)
+        if not 0 < self.fraction <= 1:
+            raise ValueError(f"`fraction` (={self.fraction}) must be in (0, 1].")
+        if self.fraction < 1 and self.algorithm != "fedavg":
+            raise ValueError(f"`fraction` (={self.fraction}) applies to "
+                             "`algorithm='fedavg'` only.")
+        _check_int("scan_epochs", self.scan_epochs, 1)
+        if self.scan_epochs > 1 and (self.algorithm != "fedf" or self.backend != "vmap"):
+            raise ValueError(f"`scan_epochs` (={self.scan_epochs}) needs `algorithm='fedf'` "
+                             "and `backend='vmap'`.")
+        if self.algorithm != "fedf" and self.backend != "vmap":
+            raise ValueError(f"`backend` (={self.backend!r}) applies to `algorithm='fedf'`; "
+                             f"the {self.algorithm} baseline runs on the vmap backend.")
         for name in ("bandwidth", "latency"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):

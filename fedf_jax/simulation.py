@@ -1,8 +1,10 @@
-"""Drives a simulated FEDF run: data, model, epochs, bytes, timing, run log.
+"""Drives a simulated run: data, model, epochs, bytes, timing, run log.
 
-The library side of ``fedf simulate``. It loops in Python over epochs only; each
-epoch is one call of the jitted backend step, and the host reads back only the
-small per-epoch outputs (costs, goodness, pilot, metrics) for the log.
+The library side of ``fedf simulate``. FEDF and every baseline
+(``cfg.algorithm``) go through the same loop: a :class:`~fedf_jax.baselines.Runner`
+runs one epoch per call of its jitted step (or ``scan_epochs`` of them in one
+``lax.scan``), and the host reads back only the small per-epoch outputs (costs,
+goodness, pilot, metrics) for the log.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from fedf_jax import codec, runlog, timing
+from fedf_jax import baselines, codec, runlog, timing
 from fedf_jax.backends import sharded as sharded_backend
 from fedf_jax.backends import vmap as vmap_backend
 from fedf_jax.config import RunConfig
@@ -36,6 +38,7 @@ class Setup(NamedTuple):
     data: vmap_backend.SimData
     p0: jax.Array
     union: np.ndarray  # indices of the training samples held by some worker
+    parts: list[np.ndarray]  # each worker's training-sample indices
 
 
 def root_keys(seed: int) -> tuple[jax.Array, jax.Array]:
@@ -70,7 +73,7 @@ def setup(cfg: RunConfig) -> Setup:
                                   cfg.master.betas(cfg.workers), ds.x_test, ds.y_test,
                                   train_key)
     return Setup(model, ds, np.asarray(wd.sizes), plan, data, model.init(init_key),
-                 np.sort(np.concatenate(parts)))
+                 np.sort(np.concatenate(parts)), parts)
 
 
 class Backend(NamedTuple):
@@ -97,7 +100,7 @@ def make_backend(cfg: RunConfig, s: Setup) -> Backend:
 
 def epoch_record(cfg: RunConfig, out: dict[str, np.ndarray], n_params: int, sizes,
                  wall_s: float) -> dict[str, Any]:
-    """The run-log line of one epoch from the backend's outputs (host values)."""
+    """The run-log line of one FEDF epoch from the backend's outputs (host values)."""
     pilot = int(out["pilot"])
     n = cfg.workers
     counted = codec.epoch_bytes(n_params, n, cfg.scheme, has_pilot=pilot >= 0)
@@ -105,17 +108,9 @@ def epoch_record(cfg: RunConfig, out: dict[str, np.ndarray], n_params: int, size
     nz = float(np.asarray(out["nonzero"])[senders].sum()) / max(senders.sum() * n_params, 1)
     work = timing.work_units(sizes, [s.local_epochs for s in cfg.specs])
     dropped = np.flatnonzero(~np.asarray(out["valid"])).tolist()
-    rec = {
-        "type": "epoch", "epoch": int(out["epoch"]), "pilot": pilot,
-        "costs": out["costs"], "goodness": out["goodness"],
-        "test_loss": float(out["test_loss"]), "test_accuracy": float(out["test_accuracy"]),
-        "bytes_down": counted.down, "bytes_up_model": counted.up_model,
-        "bytes_up_ternary": counted.up_ternary, "bytes_other": counted.other,
-        "bytes_header": counted.header, "bytes_total": counted.total,
-        "ternary_nonzero_fraction": nz, "dropped": dropped, "wall_s": wall_s,
-        "modeled_s": timing.modeled_epoch_s(wall_s, work, counted.total, cfg.bandwidth,
-                                            cfg.latency),
-    }
+    modeled = timing.modeled_epoch_s(wall_s, work, counted.total, cfg.bandwidth, cfg.latency)
+    rec = baselines.epoch_record(out, counted, wall_s, modeled, pilot=pilot,
+                                 goodness=out["goodness"], nonzero_fraction=nz, dropped=dropped)
     if dropped:
         log.warning("epoch %d: workers %s reported a non-finite cost; their ternaries "
                     "were dropped%s", rec["epoch"], dropped,
@@ -123,9 +118,49 @@ def epoch_record(cfg: RunConfig, out: dict[str, np.ndarray], n_params: int, size
     return rec
 
 
+def fedf_runner(cfg: RunConfig, s: Setup) -> baselines.Runner:
+    """FEDF on the configured backend, ``cfg.scan_epochs`` epochs per jitted call."""
+    b = make_backend(cfg, s)
+    compiler = baselines.Compiler()
+    first = compiler(b.step, b.state, b.data)  # epoch 1's wall time holds no compile
+    scans: dict[int, Callable] = {}
+    if cfg.scan_epochs > 1:
+        scans[cfg.scan_epochs] = compiler(
+            vmap_backend.make_scan_fn(s.model, s.plan, cfg.master, cfg.scan_epochs),
+            b.state, b.data)
+
+    def step(state, n):
+        t = int(state.master.epoch)
+        if n == 1:
+            state, out = first(state, b.data)
+            return state, [baselines.host_outputs(out._asdict(), t)]
+        if n not in scans:
+            scans[n] = vmap_backend.make_scan_fn(s.model, s.plan, cfg.master, n)
+        state, out = scans[n](state, b.data)
+        stacked = jax.device_get(out._asdict())
+        return state, [{**{k: v[i] for k, v in stacked.items()}, "epoch": t + i}
+                       for i in range(n)]
+
+    def record(out, wall_s):
+        return epoch_record(cfg, out, s.model.num_params, s.sizes, wall_s)
+
+    return baselines.Runner(step, b.state, b.devices, record,
+                            lambda st: st.master.p_prev, cfg.scan_epochs, compiler.seconds)
+
+
+def make_runner(cfg: RunConfig, s: Setup) -> baselines.Runner:
+    """The runner of ``cfg.algorithm``."""
+    if cfg.algorithm == "fedf":
+        return fedf_runner(cfg, s)
+    from fedf_jax.baselines import centralized, fedavg, phong, terngrad
+
+    modules = {"fedavg": fedavg, "phong": phong, "terngrad": terngrad, "central": centralized}
+    return modules[cfg.algorithm].make_runner(cfg, s)
+
+
 def run(cfg: RunConfig, out_dir: str | Path | None = None,
         on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Runs FEDF on the configured backend; writes ``out_dir/run.jsonl`` when given.
+    """Runs ``cfg.algorithm``; writes ``out_dir/run.jsonl`` when given.
 
     Args:
       cfg: the run.
@@ -133,37 +168,43 @@ def run(cfg: RunConfig, out_dir: str | Path | None = None,
       on_epoch: called with each epoch's record (the CLI prints from it).
 
     Returns:
-      A summary dict (final accuracy, bytes, Eq. 8 check, wall time, the records).
+      A summary dict (final accuracy, bytes, Eq. 8 check, wall time), the records
+      and the final global model (``params``).
     """
     s = setup(cfg)
-    b = make_backend(cfg, s)
-    state = b.state
+    r = make_runner(cfg, s)
+    state = r.state
     header = runlog.make_header(
-        cfg.to_dict(), b.devices, backend=cfg.backend,
+        cfg.to_dict(), r.devices, backend=cfg.backend, algorithm=cfg.algorithm,
+        compile_s=r.compile_s,
         num_params=s.model.num_params, worker_sizes=s.sizes.tolist(),
         num_test=int(len(s.dataset.y_test)))
     logfile = runlog.RunLog(Path(out_dir) / "run.jsonl", header) if out_dir else None
     records = []
     t_start = time.perf_counter()
     try:
-        for t in range(1, cfg.epochs + 1):
+        done = 0
+        while done < cfg.epochs:
+            n = min(r.chunk, cfg.epochs - done)
             t0 = time.perf_counter()
-            state, out = b.step(state, b.data)
-            out = jax.device_get(out._asdict())
-            rec = epoch_record(cfg, {**out, "epoch": t}, s.model.num_params, s.sizes,
-                               time.perf_counter() - t0)
-            records.append(rec)
-            if logfile:
-                logfile.write(rec)
-            if on_epoch:
-                on_epoch(rec)
+            state, outs = r.step(state, n)
+            wall = (time.perf_counter() - t0) / n
+            for out in outs:
+                rec = r.record(out, wall)
+                records.append(rec)
+                if logfile:
+                    logfile.write(rec)
+                if on_epoch:
+                    on_epoch(rec)
+            done += n
         summary = summarize(cfg, records, s.model.num_params, time.perf_counter() - t_start)
+        summary["compile_s"] = r.compile_s
         if logfile:
             logfile.write({"type": "summary", **summary})
     finally:
         if logfile:
             logfile.close()
-    return {**summary, "records": records, "params": np.asarray(state.master.p_prev)}
+    return {**summary, "records": records, "params": np.asarray(r.params(state))}
 
 
 def summarize(cfg: RunConfig, records: list[dict[str, Any]], n_params: int,
@@ -176,7 +217,9 @@ def summarize(cfg: RunConfig, records: list[dict[str, Any]], n_params: int,
         "best_test_accuracy": max(r["test_accuracy"] for r in records),
         "bytes_total": int(sum(r["bytes_total"] for r in records)),
         "bytes_per_epoch_payload": counted,
+        "bytes_per_epoch": float(np.mean([r["bytes_total"] for r in records])),
         "eq8_bytes_per_epoch": codec.paper_bytes_per_epoch(4 * n_params, cfg.workers),
         "num_params": n_params, "wall_s": wall_s,
+        "epoch_wall_s": float(sum(r["wall_s"] for r in records)),
         "modeled_s": float(sum(r["modeled_s"] for r in records)),
     }

@@ -1,0 +1,182 @@
+"""Baselines on FEDF's harness: bytes vs the paper's Table 3, update rules recomputed
+by hand, FedAvg with one worker = centralized training, each one learns digits."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fedf_jax import cli, codec, runlog, simulation, worker
+from fedf_jax.baselines import centralized, fedavg, model_exchange_bytes, terngrad
+from fedf_jax.config import RunConfig
+
+MB = 1e6
+local_train = jax.jit(worker.local_train, static_argnums=(0, 1, 2))
+
+
+@pytest.mark.parametrize("v_mb, fedf, phong_mb, terngrad_mb", [
+    (1.8, 7.43, 10.80, 11.25),  # ResNet-32 row of Table 3
+    (138.1, 569.66, 828.60, 863.13),  # U-Net row
+])
+def test_byte_formulas_reproduce_table3(v_mb, fedf, phong_mb, terngrad_mb):
+    v, n = v_mb * MB, 3
+    assert codec.paper_bytes_per_epoch(v, n) / MB == pytest.approx(fedf, abs=0.005)
+    # Phong et al.: every worker downloads and uploads the model once: 2 N V.
+    m = int(v / 4)
+    counted = model_exchange_bytes(m, n, n)
+    assert (counted.down + counted.up_model) / MB == pytest.approx(phong_mb, abs=0.005)
+    # TernGrad: B V / 16 with B = 100 mini-batches (50,000 images in batches of 500).
+    b = -(-50_000 // 500)
+    assert terngrad.paper_bytes_per_epoch(v, b) / MB == pytest.approx(terngrad_mb, abs=0.005)
+
+
+def test_terngrad_counted_uploads_are_the_papers_b_v_over_16():
+    m, sizes, batch = 9_612, np.array([30, 25, 41]), np.array([10, 10, 10])
+    nb = terngrad.batches_per_worker(sizes, batch)
+    assert nb.tolist() == [3, 3, 5]
+    counted = terngrad.epoch_bytes(m, 0, nb)
+    assert counted.up_ternary == terngrad.paper_bytes_per_epoch(4 * m, int(nb.sum()))
+    # Down: the summed ternaries, ceil(log2(2a + 1)) bits each for a active workers.
+    assert counted.down == 3 * 3 * -(-m * 3 // 8) + 2 * 1 * -(-m * 2 // 8)
+    assert counted.total == sum(counted[:5])
+
+
+def test_terngrad_ternary_is_unbiased_and_clipped():
+    g = jnp.asarray(np.random.default_rng(0).normal(size=64), jnp.float32)
+    s = jnp.max(jnp.abs(g))
+    draws = jax.vmap(lambda k: terngrad.ternarize(k, g, s))(
+        jax.random.split(jax.random.key(1), 20_000))
+    assert set(np.unique(np.asarray(draws)).tolist()) <= {-1, 0, 1}
+    mean = np.asarray(draws, np.float64).mean(0) * float(s)
+    np.testing.assert_allclose(mean, np.asarray(g), atol=4 * float(s) / np.sqrt(20_000))
+    big = g.at[0].set(100.0)
+    assert float(terngrad.clip(big)[0]) == pytest.approx(2.5 * float(jnp.std(big)), rel=1e-6)
+
+
+def _setup(**kw):
+    cfg = RunConfig(**{"workers": 4, "epochs": 2, "seed": 5, **kw})
+    return cfg, simulation.setup(cfg)
+
+
+def _local_models_by_hand(s, p, t):
+    """Each worker's Q_k from P, one worker at a time (independent of the vmapped path)."""
+    qs = []
+    for k, part in enumerate(s.parts):
+        x = jnp.asarray(s.dataset.x_train[part], jnp.float32)
+        y = jnp.asarray(s.dataset.y_train[part], jnp.int32)
+        shapes = worker.group_shapes([RunConfig().default_worker], [len(part)])
+        hp = jax.tree.map(lambda a: jnp.asarray(a[0]), worker.stack_hparams(
+            [RunConfig().default_worker]))
+        opt = worker.init_opt_state("sgd", hp, p)
+        key = worker.worker_key(s.data.train_key, t, k)
+        q, _ = local_train(s.model, "sgd", shapes, p, opt, x, y, len(part), hp, key)
+        qs.append(np.asarray(q, np.float64))
+    return np.stack(qs)
+
+
+def test_fedavg_round_is_the_example_weighted_mean_of_the_sampled_models():
+    cfg, s = _setup(algorithm="fedavg", fraction=0.5, partition="dirichlet-sizes")
+    r = simulation.make_runner(cfg, s)
+    state, (out,) = r.step(r.state, 1)
+    sampled = np.asarray(out["sampled"])
+    assert sampled.sum() == fedavg.sampled_count(4, 0.5) == 2
+    q = _local_models_by_hand(s, s.p0, 1)
+    w = s.sizes * sampled
+    want = (w[:, None] * q).sum(0) / w.sum()
+    np.testing.assert_allclose(np.asarray(r.params(state)), want, rtol=2e-5, atol=2e-6)
+    rec = r.record(out, 0.1)
+    assert rec["bytes_up_model"] == rec["bytes_down"] == 2 * 4 * s.model.num_params
+    assert rec["sampled"] == np.flatnonzero(sampled).tolist()
+    # Another round draws its own sample, from the run's seed only.
+    draws = {tuple(np.asarray(fedavg.sample(jax.random.key(5), t, 10, 3)).tolist())
+             for t in range(1, 6)}
+    assert len(draws) > 1 and all(sum(d) == 3 for d in draws)
+
+
+def test_phong_epoch_passes_the_model_through_the_workers_in_turn():
+    cfg, s = _setup(algorithm="phong", partition="dirichlet-sizes")
+    r = simulation.make_runner(cfg, s)
+    state, (out,) = r.step(r.state, 1)
+    p = jnp.asarray(s.p0)
+    for k in range(cfg.workers):  # worker k trains from worker k-1's output
+        part = s.parts[k]
+        hp = jax.tree.map(lambda a: jnp.asarray(a[0]), worker.stack_hparams(
+            [cfg.default_worker]))
+        shapes = worker.group_shapes([cfg.default_worker], [len(part)])
+        q, _ = local_train(
+            s.model, "sgd", shapes, p, worker.init_opt_state("sgd", hp, p),
+            jnp.asarray(s.dataset.x_train[part]), jnp.asarray(s.dataset.y_train[part]),
+            len(part), hp, worker.worker_key(s.data.train_key, 1, k))
+        p = q
+    np.testing.assert_allclose(np.asarray(r.params(state)), np.asarray(p), rtol=1e-5,
+                               atol=1e-6)
+    rec = r.record(out, 0.25)
+    assert rec["bytes_down"] + rec["bytes_up_model"] == 2 * cfg.workers * 4 * s.model.num_params
+    want = 0.25 + rec["bytes_total"] / cfg.bandwidth + 2 * cfg.workers * cfg.latency
+    assert rec["modeled_s"] == pytest.approx(want)  # sequential: all the compute counts
+
+
+def test_fedavg_with_one_worker_is_centralized_training_step_for_step():
+    cfg, s = _setup(algorithm="fedavg", workers=1, epochs=3)
+    result = simulation.run(cfg)
+    part = s.parts[0]
+    recs = centralized.run(s.model, cfg.default_worker, s.dataset.x_train[part],
+                           s.dataset.y_train[part], s.dataset.x_test, s.dataset.y_test,
+                           s.p0, s.data.train_key, 3)
+    for mine, ref in zip(result["records"], recs, strict=True):
+        assert mine["test_loss"] == pytest.approx(ref["test_loss"], rel=1e-6)
+        assert mine["test_accuracy"] == pytest.approx(ref["test_accuracy"], abs=1e-9)
+
+
+@pytest.mark.parametrize("algorithm", ["fedavg", "phong", "terngrad", "central"])
+def test_each_baseline_learns_digits(algorithm, tmp_path):
+    # Chance is 0.10; the MLP reaches ~0.95 trained centrally for 6 epochs. 0.85 leaves
+    # room for TernGrad's noisier steps while any broken update rule stays far below.
+    cfg = RunConfig(workers=4, epochs=6, algorithm=algorithm, seed=1)
+    result = simulation.run(cfg, tmp_path)
+    header, epochs = runlog.read(tmp_path / "run.jsonl")
+    assert header["config"]["algorithm"] == algorithm == header["algorithm"]
+    assert len(epochs) == 6 and result["final_test_accuracy"] >= 0.85
+    assert all(e["pilot"] == -1 and e["modeled_s"] > 0 for e in epochs)
+    assert header["compile_s"] > 0 and all(e["wall_s"] < header["compile_s"] for e in epochs)
+    if algorithm == "central":
+        assert all(e["bytes_total"] == 0 for e in epochs)
+
+
+def test_scan_epochs_writes_the_same_run_log_as_the_epoch_loop(tmp_path):
+    cfg = RunConfig(workers=3, epochs=5, seed=2)
+    loop = simulation.run(cfg, tmp_path / "loop")
+    scan = simulation.run(dataclasses.replace(cfg, scan_epochs=2), tmp_path / "scan")
+    for a, b in zip(loop["records"], scan["records"], strict=True):
+        assert a.keys() == b.keys()
+        for key in a.keys() - {"wall_s", "modeled_s"}:
+            if isinstance(a[key], (str, list, int)):
+                assert a[key] == b[key], key
+            else:
+                np.testing.assert_allclose(a[key], b[key], rtol=1e-6, err_msg=key)
+    assert len(runlog.read(tmp_path / "scan" / "run.jsonl")[1]) == 5
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--fraction", "0.5"], "`fraction` (=0.5) applies to `algorithm='fedavg'`"),
+    (["--algorithm", "fedavg", "--fraction", "1.5"], "`fraction` (=1.5) must be in (0, 1]"),
+    (["--algorithm", "sgd"], "invalid choice: 'sgd'"),
+    (["--algorithm", "phong", "--scan-epochs", "2"], "`scan_epochs` (=2) needs"),
+    (["--algorithm", "terngrad", "--backend", "sharded"], "applies to `algorithm='fedf'`"),
+])
+def test_algorithm_flag_errors_are_one_line(argv, needle, tmp_path, capsys):
+    with pytest.raises(SystemExit) if "invalid" in needle else _nothing():
+        code = cli.main(["simulate", "--epochs", "1", "--out", str(tmp_path), *argv])
+        assert code == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
