@@ -20,9 +20,13 @@ import functools
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from fedf_jax import protocol, worker
+from fedf_jax.backends import vmap as vmap_backend
+from fedf_jax.data import stack_workers
 from fedf_jax.models import MODELS, Model
 from fedf_jax.privacy import stats, views
 from fedf_jax.privacy.common import Options, Result, Row, row
@@ -102,6 +106,76 @@ def observed_update(view: views.RoundView, k: int) -> np.ndarray:
     if view.pilot < 0 or view.epoch == 1:
         return t
     return t * np.sign(view.p_prev - view.p_prev2).astype(np.float32)
+
+
+def observe(arm: str, q: np.ndarray, ternary: np.ndarray, p_prev: np.ndarray,
+            p_prev2: np.ndarray, epoch: int) -> np.ndarray:
+    """:func:`observed_update` of simulated non-pilot workers: f32[K, M].
+
+    Args:
+      arm: the protocol arm (a defence suffix is ignored here).
+      q: f32[K, M] their local models; ternary: i8[K, M] their T_k (Eq. 4/5).
+      p_prev, p_prev2: f32[M] P^{t-1}, P^{t-2}; epoch: t.
+    """
+    base, _ = views.parse_arm(arm)
+    if base == "fedavg":
+        return (q - p_prev).astype(np.float32)
+    if base == "signfedavg":
+        return np.where(q - p_prev >= 0, 1.0, -1.0).astype(np.float32)
+    t = ternary.astype(np.float32)
+    return t if epoch == 1 else t * np.sign(p_prev - p_prev2).astype(np.float32)
+
+
+_train_group = jax.jit(vmap_backend.train_group, static_argnums=(0, 1))
+_ternarize = jax.jit(jax.vmap(protocol.ternarize, in_axes=(0, None, None, 0, None, None)))
+
+
+def simulate_workers(model: Model, p_prev: np.ndarray, p_prev2: np.ndarray, epoch: int,
+                     parts_x: list[np.ndarray], parts_y: list[np.ndarray],
+                     specs: tuple[worker.WorkerSpec, ...], seed: int, beta: float
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Shadow workers: local training from P^{t-1} on the given data (the simulator's
+    own vmapped step, fresh optimizer states), then their T_k (Eq. 4/5).
+
+    Args:
+      model: the federation's model.
+      p_prev, p_prev2: f32[M] P^{t-1}, P^{t-2}; epoch: t.
+      parts_x, parts_y: K shadow data sets, f32[S_j, ...] and i32[S_j].
+      specs: K worker specs (the adversary's guesses of the private hyper-parameters).
+      seed: seed of the shadow workers' training keys.
+      beta: beta_k of Eq. (5).
+
+    Returns:
+      (q: f32[K, M], ternary: i8[K, M]).
+    """
+    bounds = np.cumsum([0] + [len(y) for y in parts_y])
+    wd = stack_workers(np.concatenate(parts_x), np.concatenate(parts_y),
+                       [np.arange(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
+    plan = vmap_backend.make_plan(specs, wd.sizes, 1)
+    train_key = jax.random.fold_in(jax.random.key(seed), 3)
+    data = vmap_backend.make_data(plan, wd.x, wd.y, wd.sizes, specs,
+                                  np.full(len(specs), beta, np.float32), wd.x[0, :1],
+                                  wd.y[0, :1], train_key)
+    state = vmap_backend.init_state(plan, data, jnp.asarray(p_prev))
+    qs = [_train_group(model, g, jnp.asarray(p_prev), o, gd, train_key, jnp.int32(epoch))[0]
+          for g, gd, o in zip(plan.groups, data.groups, state.opt_states, strict=True)]
+    q = jnp.concatenate(qs)[np.argsort(plan.order)]
+    lrs = jnp.asarray([s.lr for s in specs], jnp.float32)
+    tern = _ternarize(q, jnp.asarray(p_prev), jnp.asarray(p_prev2), lrs, jnp.float32(beta),
+                      jnp.int32(epoch))
+    return np.asarray(q), np.asarray(tern)
+
+
+def shadow_specs(fed: views.Federation, count: int, rng: np.random.Generator
+                 ) -> tuple[worker.WorkerSpec, ...]:
+    """The adversary's guesses of private hyper-parameters: learning rates drawn from the
+    federation's (public) recipe range ``views.LR_RANGE``, the recipe's batch size and
+    local epochs."""
+    lo, hi = views.LR_RANGE
+    lrs = np.exp(rng.uniform(np.log(lo), np.log(hi), count))
+    ref = fed.specs[-1]
+    return tuple(worker.WorkerSpec(lr=float(lr), batch_size=ref.batch_size,
+                                   local_epochs=ref.local_epochs) for lr in lrs)
 
 
 def global_step(view: views.RoundView) -> np.ndarray:
