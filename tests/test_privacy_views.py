@@ -137,16 +137,17 @@ def test_a_defence_changes_what_is_sent_and_everything_derives_from_it(fed):
 
 
 def test_a_lying_report_steers_the_pilot_and_the_weights(fed):
-    def lie(t, q, costs, sizes):
+    def lie(t, p_prev, q, costs, sizes):
         costs[1:] = 1e9  # every other worker claims a useless model: worker 0 is pilot
         sizes[2] = 10 ** 6
-        q[1:] = fed.p0  # and sends no update (all-zero ternaries)
+        q[1:] = p_prev  # and sends no update (all-zero ternaries)
         return q, costs, sizes
 
     (v,) = views.run_arm(fed, "fedf+1", 1, SEED, report=lie)
     assert v.pilot == 0 and v.sizes[2] == 10 ** 6
     assert not v.ternary[1:].any()
     np.testing.assert_array_equal(v.p_new, v.q_true[0])  # the paper's N-1 break
+    np.testing.assert_array_equal(v.q_sent[1], fed.p0)
 
 
 def test_split_keeps_auxiliary_data_and_workers_disjoint():

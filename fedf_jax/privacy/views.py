@@ -292,7 +292,7 @@ def _defence_keys(seed: int, epoch: int, n: int) -> tuple[jax.Array, jax.Array]:
         at, n)
 
 
-Report = Callable[[int, np.ndarray, np.ndarray, np.ndarray],
+Report = Callable[[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
                   tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
@@ -307,9 +307,10 @@ def run_arm(fed: Federation, arm: str, rounds: int, seed: int,
       rounds: global epochs.
       seed: the training seed (keys as the simulator's ``root_keys(seed)``).
       defence: used instead of the arm's suffix when given.
-      report: a lying worker's hook, ``report(epoch, q_sent, costs, sizes) -> (q_sent,
-        costs, sizes)`` on copies of f32[N, M], f32[N], i64[N]: the returned rows are
-        what the workers send and report (their ternaries derive from ``q_sent``).
+      report: a lying worker's hook, ``report(epoch, p_prev, q_sent, costs, sizes) ->
+        (q_sent, costs, sizes)`` on copies of f32[M] P^{t-1}, f32[N, M], f32[N], i64[N]:
+        the returned rows are what the workers send and report (their ternaries derive
+        from ``q_sent``).
       delta: the delta given to ``defences.from_arm``.
 
     Returns:
@@ -343,7 +344,8 @@ def run_arm(fed: Federation, arm: str, rounds: int, seed: int,
         rep_costs = np.array(rep_costs, np.float32)
         sizes = true_sizes.copy()
         if report is not None:
-            q_sent, rep_costs, sizes = report(t, q_sent.copy(), rep_costs.copy(), sizes.copy())
+            q_sent, rep_costs, sizes = report(t, p_prev.copy(), q_sent.copy(),
+                                              rep_costs.copy(), sizes.copy())
             q_sent = np.asarray(q_sent, np.float32)
             rep_costs = np.asarray(rep_costs, np.float32)
             sizes = np.asarray(sizes, np.int64)
