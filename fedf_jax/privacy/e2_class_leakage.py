@@ -39,7 +39,8 @@ CRITERION = ("Refuted if, for a worker planted with 3 of the 10 digit classes, t
              "class-set F1 from the worker's FEDF messages (T_k; Q_k when it is the pilot) "
              "has a 95 % interval entirely above the interval of a random-ternary control and "
              "a mean at least 0.2 above it, at t = 1 or at t >= 2, for any n_k. Supported if "
-             "every FEDF cell's interval overlaps the control's; inconclusive otherwise.")
+             "every FEDF cell's interval lies below the control's mean + 0.2; inconclusive "
+             "otherwise.")
 
 N_CLASSES_PLANTED = 3
 CONTROL = "random-ternary"  # the chance-level control arm
@@ -271,12 +272,13 @@ def _verdict(rows: list[Row]) -> tuple[str, str]:
     fedf = [r for r in rows if r.arm.startswith("fedf") and r.metric == "f1"]
     above = [r for r in fedf if r.lo > control[r.setting].hi
              and r.mean >= control[r.setting].mean + 0.2]
-    overlap = [r for r in fedf if r.lo <= control[r.setting].hi]
+    safe = [r for r in fedf if r.hi < control[r.setting].mean + 0.2]
     if above:
         best = max(above, key=lambda r: r.mean - control[r.setting].mean)
         return "refuted", (f"{len(above)} of {len(fedf)} FEDF cells leak the class set above "
                            f"chance; strongest: {best.arm} {best.setting} F1 {best.mean:.2f} vs "
                            f"control {control[best.setting].mean:.2f}.")
-    if len(overlap) == len(fedf):
-        return "supported", "Every FEDF cell is at chance level."
-    return "inconclusive", "Some FEDF cells are above chance, by less than the margin."
+    if len(safe) == len(fedf):
+        return "supported", "Every FEDF cell's interval lies below chance + 0.2."
+    return "inconclusive", ("No FEDF cell is clearly above chance, but some intervals reach "
+                            "chance + 0.2.")

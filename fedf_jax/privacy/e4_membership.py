@@ -1,0 +1,199 @@
+"""E4: membership inference by the master (from T_k) and by a curious worker (from P^t).
+
+Training on a sample (x, y) moves the parameters along ``d_x = -grad L(P^{t-1}; x, y)``,
+so a member's gradient direction agrees with the worker's update. Scores per
+candidate, averaged over the observed rounds:
+
+- ``master-agree``: cosine of the master's view of the worker's update
+  (:func:`e2_class_leakage.observed_update`: T_k, de-rotated at t >= 2, or the model
+  when it is the pilot) with ``d_x``.
+- ``master-lira``: LiRA-style (Carlini et al. 2022): shadow workers on public data
+  with and without the candidate train from the same P^{t-1} with guessed private
+  hyper-parameters; Gaussians fitted to their agreement scores give a per-candidate
+  log-likelihood ratio for the observed score, summed over rounds.
+- ``worker-agree``: cosine of the global step ``P^t - P^{t-1}`` (all a curious worker
+  sees; Theorem 3) with ``d_x``.
+
+Members are the attacked worker's whole local set (n_k samples of the held-out
+test split); non-members are as many other held-out samples. AUC and TPR at
+1 % FPR pool the candidates of each seed (intervals over seeds) and of all seeds.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import jax
+import numpy as np
+
+from fedf_jax import worker
+from fedf_jax.models import Model
+from fedf_jax.privacy import stats, views
+from fedf_jax.privacy.common import Options, Result, Row, row
+from fedf_jax.privacy.e2_class_leakage import (
+    global_step,
+    observe,
+    observed_update,
+    shadow_specs,
+    simulate_workers,
+)
+
+TITLE = "Membership inference (master and curious worker)"
+CLAIM = ("Theorems 2 and 3: neither the honest-but-curious master (which sees T_k, and one "
+         "model per round) nor an honest-but-curious worker (which sees P^t) has information "
+         "on a worker's private data set; here: whether a given sample is in it.")
+CRITERION = ("Refuted if, in a FEDF arm, the membership AUC of the master's or the curious "
+             "worker's best score has a 95 % interval over seeds entirely above 0.5 and a "
+             "mean >= 0.6, at any n_k. Supported if every FEDF cell's interval lies below "
+             "0.6 (no meaningful leak is compatible with the data); inconclusive otherwise.")
+
+SCORES = ("master-agree", "master-lira", "worker-agree")
+ALL_SIZE = 64  # n_k used for "all" (0): a victim holding this many candidates
+SHADOWS_PER_SIDE = 8  # LiRA shadow workers with / without each candidate per round
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def sample_directions(model: Model, p: jax.Array, x: jax.Array, y: jax.Array) -> jax.Array:
+    """f32[K, M] ``-grad L(p; x_i, y_i)`` per candidate: where training on it moves P."""
+    def loss(p, xi, yi):
+        return worker.cross_entropy(model.apply(p, xi[None]), yi[None])[0]
+    return -jax.vmap(jax.grad(loss), in_axes=(None, 0, 0))(p, x, y)
+
+
+def cosines(u: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """f64[..., K]: cosine of each row of ``u`` (f[..., M] or f[M]) with each row of d
+    (f[K, M]); 0 for a zero vector."""
+    u = np.asarray(u, np.float64)
+    d = np.asarray(d, np.float64)
+    num = u @ d.T
+    den = np.linalg.norm(u, axis=-1, keepdims=True) * np.linalg.norm(d, axis=-1)
+    return np.where(den > 0, num / np.maximum(den, 1e-300), 0.0)
+
+
+def _gauss_logpdf(s, mu, sd):
+    return -0.5 * ((s - mu) / sd) ** 2 - np.log(sd)
+
+
+def lira_scores(fed: views.Federation, arm: str, view: views.RoundView, cand_x: np.ndarray,
+                cand_y: np.ndarray, directions: np.ndarray, n_k: int, seed: int,
+                per_side: int) -> np.ndarray:
+    """f64[K] LiRA log-likelihood ratios of each candidate at one round.
+
+    Shadow worker "in" for candidate i holds candidate i and ``n_k - 1`` public samples;
+    "out" holds ``n_k`` public samples. Their messages (as the master would see them)
+    are scored like the attacked worker's, per-candidate Gaussians are fitted to the
+    in and out scores, and the observed score is compared under both.
+    """
+    rng = np.random.default_rng([seed, view.epoch, 4, n_k])
+    k = len(cand_y)
+    parts_x, parts_y = [], []
+    for i in range(k):
+        for side in (1, 0):
+            for _ in range(per_side):
+                pick = rng.choice(len(fed.y_aux), n_k - side, replace=False)
+                parts_x.append(np.concatenate([cand_x[i:i + 1]] * side + [fed.x_aux[pick]]))
+                parts_y.append(np.concatenate([cand_y[i:i + 1]] * side + [fed.y_aux[pick]]))
+    q, tern = simulate_workers(fed.model, view.p_prev, view.p_prev2, view.epoch, parts_x,
+                               parts_y, shadow_specs(fed, len(parts_y), rng), seed, fed.beta)
+    # the master sees the worker's full model when it is the pilot
+    seen_as = "fedavg" if view.pilot == 0 else arm
+    shadow = observe(seen_as, q, tern, view.p_prev, view.p_prev2, view.epoch)
+    shadow = shadow.reshape(k, 2, per_side, -1).astype(np.float64)
+    directions = directions.astype(np.float64)
+    s = np.einsum("kspm,km->ksp", shadow, directions) / np.maximum(
+        np.linalg.norm(shadow, axis=-1) * np.linalg.norm(directions, axis=-1)[:, None, None],
+        1e-300)
+    mu_in, mu_out = s[:, 0].mean(-1), s[:, 1].mean(-1)
+    sd = np.maximum(np.sqrt(0.5 * (s[:, 0].var(-1) + s[:, 1].var(-1))), 1e-6)  # fixed variance
+    observed = cosines(observed_update(view, 0), directions)
+    return _gauss_logpdf(observed, mu_in, sd) - _gauss_logpdf(observed, mu_out, sd)
+
+
+def attack_scores(fed: views.Federation, arm: str, rounds_seen: list[views.RoundView],
+                  cand_x: np.ndarray, cand_y: np.ndarray, n_k: int, seed: int,
+                  per_side: int, lira: bool = True) -> dict[str, np.ndarray]:
+    """{score name: f64[K]} for the candidates, from one run's rounds."""
+    out = {name: np.zeros(len(cand_y)) for name in SCORES}
+    for v in rounds_seen:
+        d = np.asarray(sample_directions(fed.model, v.p_prev, cand_x, cand_y))
+        out["master-agree"] += cosines(observed_update(v, 0), d) / len(rounds_seen)
+        out["worker-agree"] += cosines(global_step(v), d) / len(rounds_seen)
+        if lira:
+            out["master-lira"] += lira_scores(fed, arm, v, cand_x, cand_y, d, n_k, seed,
+                                              per_side)
+    if not lira:
+        del out["master-lira"]
+    return out
+
+
+def run(opts: Options, seed0: int = 0, progress: Callable[[str], None] | None = None
+        ) -> Result:
+    """E4 over arms x n_k; members and non-members pooled per seed."""
+    sizes = tuple(ALL_SIZE if n == 0 else n for n in ((4,) if opts.quick else opts.n_local))
+    seeds = range(seed0, seed0 + (min(opts.seeds, 2) if opts.quick else opts.seeds))
+    repeats = 2 if opts.quick else 4  # attacked worker data sets per seed
+    per_side = 4 if opts.quick else SHADOWS_PER_SIDE
+    rows: list[Row] = []
+    pooled: dict = {}
+    for n_k in sizes:
+        per_seed: dict[tuple[str, str, str], list[float]] = {}
+        for seed in seeds:
+            scored: dict[tuple[str, str], list[np.ndarray]] = {}
+            labels_all: list[np.ndarray] = []
+            for rep in range(repeats):
+                fed = views.make_federation(opts, seed)  # the held-out pool and P^0
+                rng = np.random.default_rng([seed, rep, n_k, 40])
+                pick = rng.choice(len(fed.y_test), 2 * n_k, replace=False)
+                cand_x, cand_y = fed.x_test[pick], fed.y_test[pick]
+                member = np.arange(2 * n_k) < n_k
+                fed = views.make_federation(opts, seed,
+                                            victim_data=(cand_x[member], cand_y[member]))
+                labels_all.append(member)
+                for arm in opts.arms:
+                    seen = views.run_arm(fed, arm, opts.rounds, seed)
+                    for name, s in attack_scores(fed, arm, seen, cand_x, cand_y, n_k,
+                                                 seed + 1000 * rep, per_side).items():
+                        scored.setdefault((arm, name), []).append(s)
+            labels = np.concatenate(labels_all)
+            for (arm, name), parts in scored.items():
+                s = np.concatenate(parts)
+                pooled.setdefault((arm, n_k, name), ([], []))
+                pooled[(arm, n_k, name)][0].append(labels)
+                pooled[(arm, n_k, name)][1].append(s)
+                per_seed.setdefault((arm, name, "auc"), []).append(stats.roc_auc(labels, s))
+                per_seed.setdefault((arm, name, "tpr@1%fpr"), []).append(
+                    stats.tpr_at_fpr(labels, s, 0.01))
+            if progress:
+                progress(f"E4 n_k={n_k} seed={seed} done")
+        rows += [row(arm, f"n_k={n_k} {name}", metric, vals)
+                 for (arm, name, metric), vals in per_seed.items()]
+    pooled_rows = []
+    for (arm, n_k, name), (ls, ss) in pooled.items():
+        lab, sc = np.concatenate(ls), np.concatenate(ss)
+        pooled_rows.append(row(arm, f"n_k={n_k} {name} pooled", "auc",
+                               [stats.roc_auc(lab, sc)]))
+        pooled_rows.append(row(arm, f"n_k={n_k} {name} pooled", "tpr@1%fpr",
+                               [stats.tpr_at_fpr(lab, sc, 0.01)]))
+    verdict, notes = _verdict(rows)
+    notes += (f" Per seed: {repeats} attacked data sets x 2 n_k candidates; pooled rows join "
+              f"all seeds ({len(seeds) * repeats * 2} x n_k candidates). TPR at 1 % FPR "
+              "needs >= 100 non-members to resolve; per-seed values are coarse.")
+    return Result("E4", TITLE, CLAIM, CRITERION, rows + pooled_rows, verdict, notes,
+                  extra={"sizes": list(sizes), "repeats": repeats, "shadows": per_side})
+
+
+def _verdict(rows: list[Row]) -> tuple[str, str]:
+    """Applies :data:`CRITERION` to the per-seed AUC rows."""
+    fedf = [r for r in rows if r.arm.startswith("fedf") and r.metric == "auc"]
+    leaks = [r for r in fedf if r.lo > 0.5 and r.mean >= 0.6]
+    safe = [r for r in fedf if r.hi < 0.6]
+    if leaks:
+        best = max(leaks, key=lambda r: r.mean)
+        return "refuted", (f"{len(leaks)} FEDF cells infer membership; best: {best.arm} "
+                           f"{best.setting} AUC {best.mean:.2f} [{best.lo:.2f}, {best.hi:.2f}].")
+    if len(safe) == len(fedf):
+        return "supported", "Every FEDF cell's AUC interval lies below 0.6."
+    return "inconclusive", ("No FEDF cell's AUC interval lies entirely above 0.5 with a mean "
+                            ">= 0.6, but some intervals reach 0.6 (too few seeds to exclude a "
+                            "leak).")
