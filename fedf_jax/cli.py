@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         "one of `fedf simulate`. Takes every flag of `fedf simulate`, plus the MPI ones.",
         epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_run_flags(train)
+    _add_report(sub)
     g = train.add_argument_group("MPI")
     g.add_argument("--timeout", type=float,
                    help="seconds any rank waits for a message before the job is aborted, "
@@ -90,6 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its latest checkpoint")
     return parser
+
+
+def _add_report(sub) -> None:
+    from analysis import report
+
+    rep = sub.add_parser("report", help=report.HELP, description=report.DESCRIPTION,
+                         epilog=report.EPILOG,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    report.add_arguments(rep)
 
 
 def _add_run_flags(sim: argparse.ArgumentParser) -> None:
@@ -361,6 +371,10 @@ def main(argv: list[str] | None = None) -> int:
             return simulate(args)
         if args.command == "train":
             return train(args)
+        if args.command == "report":
+            from analysis import report
+
+            return report.main(args)
     except (ValueError, FileNotFoundError, NotADirectoryError) as e:
         print(f"fedf: error: {e}", file=sys.stderr)
         return 2
