@@ -266,7 +266,7 @@ def settings(opts: Options) -> list[tuple[int, int, int]]:
 
 def _label(n: int, e: int, b: int, t: int | None = None) -> str:
     s = f"n_k={n or 'all'} E={e} B={b}"
-    return s if t is None else f"{s} t={t}"
+    return s if t is None else f"{s} t={'1' if t == 1 else '>=2'}"
 
 
 def attack_update(fed: views.Federation, layers, p_prev: np.ndarray, delta: np.ndarray,
