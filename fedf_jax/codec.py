@@ -210,6 +210,52 @@ def unpack_jnp(buf: jax.Array, n: int, scheme: str = "2bit") -> jax.Array:
     return trits.reshape(*buf.shape[:-1], -1)[..., :n]
 
 
+def unpack_lanes_jnp(buf: jax.Array, scheme: str = "2bit") -> tuple[jax.Array, ...]:
+    """Packed bytes as float32 trit lanes: lane ``j`` holds the trits ``j, j + per, ...``.
+
+    Trit ``i`` of a vector is ``lanes[i % per][..., i // per]`` (``per`` = 4 for
+    ``"2bit"``, 5 for ``"base3"``). Each lane is an elementwise function of the
+    bytes with constant shifts or divisors, so XLA fuses it into the consumer's
+    loop and vectorizes it; the master's Eq. (3) sums lanes and interleaves once.
+    Values equal :func:`unpack_jnp`'s for every byte, invalid ones included.
+
+    Args:
+      buf: u8[..., B].
+
+    Returns:
+      ``per`` arrays f32[..., B].
+    """
+    _check_scheme(scheme)
+    if scheme == "2bit":
+        b = buf.astype(jnp.int32)
+        # code 01 -> +1, 11 -> -1, 00 and the invalid 10 -> 0.
+        return tuple(((c & 1) * (1 - (c & 2))).astype(jnp.float32)
+                     for c in ((b >> s) & 3 for s in (0, 2, 4, 6)))
+    # digit_j = floor(b / 3^j) mod 3, in float32: b + 0.5 keeps every quotient at
+    # least 0.5 / 81 away from an integer, far above float32 rounding.
+    b = buf.astype(jnp.float32) + 0.5
+    lanes = []
+    for j in range(5):
+        q = jnp.floor(b * (1 / 3**j))
+        lanes.append(q - 3.0 * jnp.floor((q + 0.5) * (1 / 3)) - 1.0)
+    return tuple(lanes)
+
+
+def interleave_lanes(lanes, n: int) -> jax.Array:
+    """The inverse of the lane split: ``per`` arrays f32[..., B] -> f32[..., n]."""
+    out = lanes[0] if len(lanes) == 1 else jnp.stack(lanes, axis=-1)
+    return out.reshape(*lanes[0].shape[:-1], -1)[..., :n]
+
+
+def unpack_f32_jnp(buf: jax.Array, n: int, scheme: str = "2bit") -> jax.Array:
+    """``unpack_jnp(buf, n, scheme).astype(float32)`` from :func:`unpack_lanes_jnp`.
+
+    Returns:
+      f32[..., n].
+    """
+    return interleave_lanes(unpack_lanes_jnp(buf, scheme), n)
+
+
 # Non-zero trits in each base-3 byte value (bytes > 242 are invalid: counted as 0).
 _BASE3_NONZERO = np.array(
     [sum((b // 3**i) % 3 != 1 for i in range(5)) if b <= 242 else 0 for b in range(256)],

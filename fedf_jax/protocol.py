@@ -119,33 +119,42 @@ def update_weights(sizes: ArrayLike, pilot: ArrayLike, alpha0: ArrayLike, beta: 
     return jnp.where(keep, w, 0.0).astype(_f32)
 
 
-_CHUNK = 64  # rows of ternaries decoded and summed per step of the master's reduction
+_CHUNK = 32  # rows of ternaries decoded and summed per pass of the master's reduction
 
 
-def _weighted_rows(rows: jax.Array, weights: jax.Array, decode) -> jax.Array:
-    """``sum_k w_k decode(rows)_k`` over the leading axis, in chunks of rows.
+def _weighted_rows(rows: jax.Array, weights: jax.Array, lanes, n_out: int) -> jax.Array:
+    """``sum_k w_k decode(rows_k)`` over the leading axis, in chunks of rows.
 
-    A scan over chunks keeps the f32[M] accumulator in cache and never
-    materialises the N decoded rows at once; one reduction over all N rows
-    strides through memory and is several times slower on CPU.
+    ``lanes`` maps one row to float32 lanes (``codec.unpack_lanes_jnp``; a single
+    lane for unpacked rows) that :func:`codec.interleave_lanes` turns into the
+    decoded f32[n_out]. A chunk of up to ``_CHUNK`` rows is one elementwise pass
+    (the rows summed in an unrolled chain that XLA fuses into one loop per lane):
+    each row is read once, the accumulators once per chunk, and decoded rows never
+    reach memory. Decoding lane by lane, with constant shifts, vectorizes; a
+    reduction over a decoded [rows, M] block materialises it and is several times
+    slower on CPU. When N is not a multiple of the chunk, the last chunk overlaps
+    the one before with weight 0 on the overlapping rows (adding ``0 * trit``
+    changes nothing), so the rows are never padded (a copy of every byte).
     """
     n = rows.shape[0]
+    zeros = tuple(jnp.zeros(a.shape, _f32)
+                  for a in lanes(jnp.zeros(rows.shape[1:], rows.dtype)))
+    if n == 0:
+        return codec.interleave_lanes(zeros, n_out)
     c = min(n, _CHUNK)
-    pad = -n % c
-    if pad:  # zero weights: the padding rows add nothing whatever they decode to
-        rows = jnp.pad(rows, [(0, pad)] + [(0, 0)] * (rows.ndim - 1))
-        weights = jnp.pad(weights, (0, pad))
-    rows = rows.reshape(-1, c, *rows.shape[1:])
+    k = -(-n // c)
 
-    def body(acc, chunk):
-        w, r = chunk
-        return acc + jnp.sum(w[:, None] * decode(r), axis=0), None
+    def add_chunk(i, acc):
+        start = jnp.minimum(i * c, n - c)
+        r = jax.lax.dynamic_slice_in_dim(rows, start, c)
+        w = jax.lax.dynamic_slice_in_dim(weights, start, c)
+        w = jnp.where(start + jnp.arange(c) >= i * c, w, 0.0)  # rows of an overlap: once
+        for j in range(c):
+            acc = tuple(a + w[j] * lane for a, lane in zip(acc, lanes(r[j]), strict=True))
+        return acc
 
-    init = jnp.zeros(decode(rows[0, :1]).shape[1:], _f32)
-    weights = weights.reshape(-1, c)
-    if rows.shape[0] == 1:  # a single chunk: no loop to compile
-        return body(init, (weights[0], rows[0]))[0]
-    return jax.lax.scan(body, init, (weights, rows))[0]
+    acc = add_chunk(0, zeros) if k == 1 else jax.lax.fori_loop(0, k, add_chunk, zeros)
+    return codec.interleave_lanes(acc, n_out)
 
 
 def _apply(q_pilot, votes, p_prev, p_prev2, epoch, direction):
@@ -182,7 +191,8 @@ def master_update(q_pilot: ArrayLike, ternaries: ArrayLike, sizes: ArrayLike,
     """
     _check_direction(direction)
     w = update_weights(sizes, pilot, alpha0, beta, epoch)
-    votes = _weighted_rows(jnp.asarray(ternaries), w, lambda r: r.astype(_f32))
+    t = jnp.asarray(ternaries)
+    votes = _weighted_rows(t, w, lambda r: (r.astype(_f32),), t.shape[-1])
     return _apply(q_pilot, votes, p_prev, p_prev2, epoch, direction)
 
 
@@ -220,10 +230,50 @@ def unpack_update(q_pilot: ArrayLike, packed: ArrayLike, sizes: ArrayLike, pilot
     m = jnp.shape(q_pilot)[-1]
     w = update_weights(sizes, pilot, alpha0, beta, epoch, mask)
     votes = _weighted_rows(jnp.asarray(packed), w,
-                           lambda r: codec.unpack_jnp(r, m, scheme).astype(_f32))
+                           lambda r: codec.unpack_lanes_jnp(r, scheme), m)
     return _apply(q_pilot, votes, p_prev, p_prev2, epoch, direction)
 
 
 def _check_direction(direction: int) -> None:
     if direction not in (1, -1):
         raise ValueError(f"`direction` (={direction}) must be +1 or -1.")
+
+
+# Unfused references of the two kernels above: each stage is its own jitted call and
+# its intermediate (i8[M] ternary, i8[N, M] unpacked rows) goes through memory. Tests
+# compare the fused kernels with these; sims/bench/kernels.py times both.
+
+_pack = jax.jit(codec.pack_jnp, static_argnames=("scheme",))
+
+
+@functools.partial(jax.jit, static_argnames=("n", "scheme"))
+def _unpack_rows(packed: jax.Array, n: int, scheme: str, mask: jax.Array | None) -> jax.Array:
+    t = codec.unpack_jnp(packed, n, scheme)
+    return t if mask is None else jnp.where(jnp.asarray(mask, bool)[:, None], t, 0)
+
+
+def ternarize_then_pack(q: ArrayLike, p_prev: ArrayLike, p_prev2: ArrayLike, alpha: ArrayLike,
+                        beta: ArrayLike, epoch: ArrayLike, scheme: str = "2bit") -> jax.Array:
+    """Unfused :func:`ternarize_pack`: :func:`ternarize`, then ``codec.pack_jnp``.
+
+    Returns:
+      u8[packed_size(M, scheme)].
+    """
+    return _pack(ternarize(q, p_prev, p_prev2, alpha, beta, epoch), scheme=scheme)
+
+
+def unpack_then_update(q_pilot: ArrayLike, packed: ArrayLike, sizes: ArrayLike,
+                       pilot: ArrayLike, p_prev: ArrayLike, p_prev2: ArrayLike,
+                       alpha0: ArrayLike, beta: ArrayLike, epoch: ArrayLike,
+                       direction: int = 1, scheme: str = "2bit",
+                       mask: ArrayLike | None = None) -> jax.Array:
+    """Unfused :func:`unpack_update`: unpack to i8[N, M] (masked rows zeroed), then
+    :func:`master_update` (Eq. 3).
+
+    Returns:
+      f32[M].
+    """
+    t = _unpack_rows(jnp.asarray(packed), jnp.shape(q_pilot)[-1], scheme,
+                     None if mask is None else jnp.asarray(mask, bool))
+    return master_update(q_pilot, t, sizes, pilot, p_prev, p_prev2, alpha0, beta, epoch,
+                         direction=direction)

@@ -221,3 +221,28 @@ def epoch(model: Model, plan: Plan, cfg: master.MasterConfig, state: SimState,
 def make_epoch_fn(model: Model, plan: Plan, cfg: master.MasterConfig):
     """``jit(epoch)`` with the state donated (its buffers are reused in place)."""
     return jax.jit(functools.partial(epoch, model, plan, cfg), donate_argnums=0)
+
+
+def scan_epochs(model: Model, plan: Plan, cfg: master.MasterConfig, n_epochs: int,
+                state: SimState, data: SimData) -> tuple[SimState, EpochOutput]:
+    """``n_epochs`` calls of :func:`epoch` in one ``lax.scan``; pure and jittable.
+
+    Returns:
+      (state, outputs): the state after the last epoch and the per-epoch
+      :class:`EpochOutput` stacked along a leading ``[n_epochs]`` axis (what the
+      run log is written from, once the call returns).
+    """
+    return jax.lax.scan(lambda s, _: epoch(model, plan, cfg, s, data), state, None,
+                        length=n_epochs)
+
+
+def make_scan_fn(model: Model, plan: Plan, cfg: master.MasterConfig, n_epochs: int):
+    """``jit(scan_epochs)`` with the state donated: many epochs per host call.
+
+    Equal to ``n_epochs`` calls of :func:`make_epoch_fn`'s function (the epoch body
+    is the same program; ``epoch`` is traced, so one compile serves every call).
+    """
+    if isinstance(n_epochs, bool) or not isinstance(n_epochs, int) or n_epochs < 1:
+        raise ValueError(f"`n_epochs` (={n_epochs!r}) must be an integer >= 1.")
+    return jax.jit(functools.partial(scan_epochs, model, plan, cfg, n_epochs),
+                   donate_argnums=0)

@@ -1,0 +1,88 @@
+"""Shared benchmark helpers: machine description, interleaved timing, compile count, RSS.
+
+Figures are ratios against a baseline run in the same process, timed in turn so
+both see the same load (the box may be shared), plus medians and minimums.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import resource
+import statistics
+import time
+
+import jax
+import jax.monitoring
+
+BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+_compiles: list[tuple[str, float]] = []
+
+
+def _on_duration(event: str, duration: float, **kwargs) -> None:
+    if event == BACKEND_COMPILE_EVENT:
+        _compiles.append((str(kwargs.get("fun_name", "?")), duration))
+
+
+jax.monitoring.register_event_duration_secs_listener(_on_duration)
+
+
+def compile_count() -> int:
+    """XLA compilations in this process so far (jax.monitoring's backend-compile event)."""
+    return len(_compiles)
+
+
+def compiles_since(start: int) -> list[tuple[str, float]]:
+    """(function name, seconds) of each compilation after ``compile_count() == start``."""
+    return list(_compiles[start:])
+
+
+def machine() -> dict:
+    """CPU model, cores, memory, jax version, devices and the date (UTC)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f
+                       if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    mem_gib = None
+    try:
+        with open("/proc/meminfo") as f:
+            mem_gib = int(f.readline().split()[1]) / 2**20
+    except (OSError, IndexError, ValueError):
+        pass
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "memory_gib": mem_gib,
+        "platform": platform.platform(), "python": platform.python_version(),
+        "jax": jax.__version__, "devices": [str(d) for d in jax.devices()],
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "load_avg_1m": os.getloadavg()[0],
+    }
+
+
+def timed(fn, *args):
+    """(fn(*args), seconds), waiting for the result."""
+    t0 = time.perf_counter()
+    out = fn(*args)
+    jax.block_until_ready(out)
+    return out, time.perf_counter() - t0
+
+
+def stats(ts: list[float]) -> dict:
+    return {"median_s": statistics.median(ts), "min_s": min(ts), "n": len(ts)}
+
+
+def rss_mib() -> float:
+    """Current resident set size (VmRSS) in MiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process (ru_maxrss) in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

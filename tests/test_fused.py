@@ -1,0 +1,225 @@
+"""Fused kernels vs the unfused path and plain numpy; many epochs in one scan vs the loop.
+
+The fused worker kernel (ternarize + pack) must equal the unfused one and a numpy loop
+bit for bit; the fused master kernel (unpack + Eq. 3) must equal the unfused one and a
+float64 numpy loop up to float32 rounding (the sums run in a different order).
+``make_scan_fn(..., n)`` must give the outputs and state of n ``make_epoch_fn`` calls.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fedf_jax import codec, master, protocol, worker
+from fedf_jax.backends import vmap as vb
+from fedf_jax.models import make_model
+
+SCHEMES = ["2bit", "base3"]
+
+
+# ------------------------------------------------------------------ numpy references
+
+
+def ref_ternarize(q, p_prev, p_prev2, alpha, beta, epoch):
+    """Eq. (4) at t = 1 and Eq. (5) after, one element at a time."""
+    out = np.zeros(len(q), np.int8)
+    for i in range(len(q)):
+        d = np.float32(q[i]) - np.float32(p_prev[i])
+        s = np.float32(p_prev[i]) - np.float32(p_prev2[i])
+        if epoch == 1:
+            out[i] = 1 if d > alpha else (-1 if d < -alpha else 0)
+        elif abs(d) < np.float32(beta) * abs(s):
+            out[i] = 0
+        else:
+            out[i] = np.sign(d) * np.sign(s)
+    return out
+
+
+def ref_pack(t, scheme):
+    """DESIGN §2 packing, one trit at a time."""
+    per = 4 if scheme == "2bit" else 5
+    out = np.zeros(-(-len(t) // per), np.uint8)
+    for i, v in enumerate(t):
+        if scheme == "2bit":
+            out[i // per] |= {0: 0, 1: 1, -1: 3}[int(v)] << (2 * (i % per))
+        else:
+            out[i // per] += (int(v) + 1) * 3 ** (i % per)
+    for i in range(len(t), len(out) * per):  # tail padding trits are the value 0
+        if scheme == "base3":
+            out[i // per] += 3 ** (i % per)
+    return out
+
+
+def ref_unpack_byte(b, scheme):
+    if scheme == "2bit":
+        return [{0: 0, 1: 1, 2: 0, 3: -1}[(b >> (2 * j)) & 3] for j in range(4)]
+    return [(b // 3**j) % 3 - 1 for j in range(5)]
+
+
+def ref_master(q_pilot, tern, sizes, pilot, p_prev, p_prev2, alpha0, betas, epoch, direction,
+               mask):
+    """Eq. (3) in float64: masked rows and the pilot's row add nothing."""
+    p = np.asarray(sizes, np.float64) / np.sum(sizes)
+    votes = np.zeros(len(q_pilot))
+    for k in range(len(tern)):
+        if k == pilot or not mask[k]:
+            continue
+        w = alpha0 * p[k] if epoch == 1 else p[k] * betas[k]
+        votes += w * tern[k]
+    scale = 1.0 if epoch == 1 else (np.float64(p_prev) - p_prev2)
+    return q_pilot + direction * votes * scale
+
+
+# ------------------------------------------------------------------ decoding
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_float_lanes_decode_every_byte_like_the_spec(scheme):
+    per = codec._PER_BYTE[scheme]
+    buf = jnp.arange(256, dtype=jnp.uint8)
+    got = np.asarray(codec.unpack_f32_jnp(buf, 256 * per, scheme))
+    want = np.array([ref_unpack_byte(b, scheme) for b in range(256)], np.float32).reshape(-1)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got, np.asarray(codec.unpack_jnp(buf, 256 * per, scheme)))
+
+
+# ------------------------------------------------------------------ worker kernel
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("epoch", [1, 2, 5])
+@pytest.mark.parametrize("m", [37, 1003])
+def test_fused_ternarize_pack_equals_unfused_and_numpy_exactly(scheme, epoch, m):
+    rng = np.random.default_rng(m + epoch)
+    p_prev = rng.normal(size=m).astype(np.float32)
+    p_prev2 = p_prev + 0.05 * rng.normal(size=m).astype(np.float32)
+    q = p_prev + 0.05 * rng.normal(size=m).astype(np.float32)
+    q[:5] = p_prev[:5]  # zero deltas
+    p_prev2[5:10] = p_prev[5:10]  # zero previous steps
+    alpha, beta = np.float32(0.03), np.float32(0.4)
+    fused = np.asarray(protocol.ternarize_pack(q, p_prev, p_prev2, alpha, beta, epoch, scheme))
+    unfused = np.asarray(protocol.ternarize_then_pack(q, p_prev, p_prev2, alpha, beta, epoch,
+                                                      scheme))
+    tern = ref_ternarize(q, p_prev, p_prev2, alpha, beta, epoch)
+    assert set(np.unique(tern)) == {-1, 0, 1}
+    np.testing.assert_array_equal(fused, ref_pack(tern, scheme))
+    np.testing.assert_array_equal(unfused, fused)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_fused_worker_kernel_vmapped_over_workers_with_private_alpha_beta(scheme):
+    rng = np.random.default_rng(3)
+    n, m = 5, 41
+    p_prev = rng.normal(size=m).astype(np.float32)
+    p_prev2 = p_prev + 0.05 * rng.normal(size=m).astype(np.float32)
+    q = p_prev + 0.05 * rng.normal(size=(n, m)).astype(np.float32)
+    alpha = rng.uniform(0.01, 0.05, n).astype(np.float32)
+    beta = rng.uniform(0.1, 0.9, n).astype(np.float32)
+    axes = (0, None, None, 0, 0, None)
+    fn = jax.jit(jax.vmap(functools.partial(protocol.ternarize_pack, scheme=scheme), axes))
+    got = np.asarray(fn(q, p_prev, p_prev2, alpha, beta, jnp.int32(2)))
+    for k in range(n):
+        want = ref_pack(ref_ternarize(q[k], p_prev, p_prev2, alpha[k], beta[k], 2), scheme)
+        np.testing.assert_array_equal(got[k], want)
+
+
+# ------------------------------------------------------------------ master kernel
+
+
+def _master_case(n, m, seed):
+    rng = np.random.default_rng(seed)
+    tern = rng.integers(-1, 2, size=(n, m)).astype(np.int8)
+    p_prev = rng.normal(size=m).astype(np.float32)
+    p_prev2 = p_prev + 0.1 * rng.normal(size=m).astype(np.float32)
+    q_pilot = p_prev + 0.1 * rng.normal(size=m).astype(np.float32)
+    sizes = rng.integers(5, 50, size=n).astype(np.float32)
+    betas = rng.uniform(0.1, 0.9, n).astype(np.float32)
+    mask = rng.random(n) > 0.3
+    return tern, p_prev, p_prev2, q_pilot, sizes, betas, mask
+
+
+# N = 33 and 70 cross the 32-row chunk (the last chunk overlaps the one before).
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("n", [1, 5, 33, 70])
+@pytest.mark.parametrize("epoch", [1, 3])
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+def test_fused_unpack_update_equals_unfused_and_numpy(scheme, n, epoch, where):
+    m = 37
+    tern, p_prev, p_prev2, q_pilot, sizes, betas, mask = _master_case(n, m, 10 * n + epoch)
+    pilot = {"first": 0, "middle": n // 2, "last": n - 1}[where]
+    direction = 1 if epoch == 1 else -1
+    packed = np.stack([codec.pack(r, scheme) for r in tern])
+    args = (q_pilot, packed, sizes, pilot, p_prev, p_prev2, 0.05, betas, epoch)
+    fused = np.asarray(protocol.unpack_update(*args, direction=direction, scheme=scheme,
+                                              mask=mask))
+    unfused = np.asarray(protocol.unpack_then_update(*args, direction=direction,
+                                                     scheme=scheme, mask=mask))
+    want = ref_master(q_pilot, tern, sizes, pilot, p_prev, p_prev2, 0.05, betas, epoch,
+                      direction, mask)
+    np.testing.assert_allclose(fused, want, rtol=2e-6, atol=2e-6)
+    np.testing.assert_allclose(unfused, fused, rtol=2e-6, atol=2e-6)
+
+
+def test_masked_rows_with_garbage_bytes_add_nothing():
+    n, m = 40, 37
+    tern, p_prev, p_prev2, q_pilot, sizes, betas, mask = _master_case(n, m, 1)
+    packed = np.stack([codec.pack(r, "2bit") for r in tern])
+    garbage = packed.copy()
+    garbage[~mask] = 0xFF  # all -1 trits on the dropped rows
+    args = (q_pilot, sizes, 3, p_prev, p_prev2, 0.05, betas, 2)
+    a = protocol.unpack_update(args[0], packed, *args[1:], mask=mask)
+    b = protocol.unpack_update(args[0], garbage, *args[1:], mask=mask)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+# ------------------------------------------------------------------ many epochs per call
+
+
+def _tiny_run(kinds):
+    rng = np.random.default_rng(0)
+    n = len(kinds)
+    model = make_model("mlp", (3, 3, 1), 3, hidden=(6,))
+    sizes = np.array([7, 9, 5, 8][:n])
+    x = rng.normal(size=(n, 9, 3, 3, 1)).astype(np.float32)
+    y = rng.integers(0, 3, (n, 9)).astype(np.int32)
+    specs = [worker.WorkerSpec(lr=0.1, batch_size=3, optimizer=k) for k in kinds]
+    cfg = master.MasterConfig(alpha0=0.05, beta=0.3)
+    plan = vb.make_plan(specs, sizes, 4)
+    data = vb.make_data(plan, x, y, sizes, specs, cfg.betas(n), x[0, :4], y[0, :4],
+                        jax.random.key(0))
+    return model, plan, cfg, data, model.init(jax.random.key(1))
+
+
+@pytest.mark.parametrize("kinds", [["sgd"] * 3, ["adam", "sgd", "momentum", "sgd"]])
+def test_scan_of_three_epochs_equals_three_epoch_calls(kinds):
+    model, plan, cfg, data, p0 = _tiny_run(kinds)
+    step = vb.make_epoch_fn(model, plan, cfg)
+    state = vb.init_state(plan, data, p0)
+    outs = []
+    for _ in range(3):
+        state, out = step(state, data)
+        outs.append(jax.device_get(out))
+    scan = vb.make_scan_fn(model, plan, cfg, 3)
+    s_state, s_out = scan(vb.init_state(plan, data, p0), data)
+    for name in vb.EpochOutput._fields:
+        got = np.asarray(getattr(s_out, name))
+        assert got.shape[0] == 3
+        want = np.stack([np.asarray(getattr(o, name)) for o in outs])
+        # the same program body: equal up to float32 rounding (observed: bit for bit)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7, err_msg=name)
+    for a, b in zip(jax.tree.leaves(s_state), jax.tree.leaves(state), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+    assert int(s_state.master.epoch) == 4
+    # a second call continues from epoch 4 with the same executable
+    s_state, s_out = scan(s_state, data)
+    assert int(s_state.master.epoch) == 7 and scan._cache_size() == 1
+
+
+@pytest.mark.parametrize("bad", [0, -2, 2.0, True])
+def test_make_scan_fn_names_a_bad_epoch_count(bad):
+    model, plan, cfg, _, _ = _tiny_run(["sgd"])
+    with pytest.raises(ValueError, match="n_epochs"):
+        vb.make_scan_fn(model, plan, cfg, bad)
