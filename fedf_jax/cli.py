@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_run_flags(train)
     _add_report(sub)
+    _add_attack(sub)
     g = train.add_argument_group("MPI")
     g.add_argument("--timeout", type=float,
                    help="seconds any rank waits for a message before the job is aborted, "
@@ -100,6 +101,15 @@ def _add_report(sub) -> None:
                          epilog=report.EPILOG,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     report.add_arguments(rep)
+
+
+def _add_attack(sub) -> None:
+    from fedf_jax.privacy import cli as privacy_cli
+
+    att = sub.add_parser("attack", help=privacy_cli.HELP, description=privacy_cli.DESCRIPTION,
+                         epilog=privacy_cli.EPILOG,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    privacy_cli.add_arguments(att)
 
 
 def _add_run_flags(sim: argparse.ArgumentParser) -> None:
@@ -375,6 +385,10 @@ def main(argv: list[str] | None = None) -> int:
             from analysis import report
 
             return report.main(args)
+        if args.command == "attack":
+            from fedf_jax.privacy import cli as privacy_cli
+
+            return privacy_cli.main(args)
     except (ValueError, FileNotFoundError, NotADirectoryError) as e:
         print(f"fedf: error: {e}", file=sys.stderr)
         return 2
