@@ -19,9 +19,10 @@ so T_c = 0); the victim is the pilot every epoch and P^t = Q_victim exactly.
 
 **N - 2 colluders.** Two honest workers, v and h. With a colluder as pilot the
 colluders see z = S_v T_v + S_h T_h per coordinate (sizes given to them: a worst
-case). If S_v != S_h and neither is twice the other, the nine (T_v, T_h) pairs give
-nine distinct z, so T_v is still exact; with equal sizes z = +-S_v is ambiguous
-(which worker moved) and z = 0 is ambiguous (both still, or opposite). Measured:
+case; :func:`search_two_sizes` finds them). If S_v != S_h and neither is twice the
+other, the nine (T_v, T_h) pairs give nine distinct z, so T_v is still exact; with
+equal sizes z = +-S_v is ambiguous (which worker moved) and z = 0 is ambiguous
+(both still, or opposite). Measured:
 the share of the victim's trits the colluders get right (ambiguity resolved by the
 likelier guess) against guessing the victim's most common trit value.
 """
@@ -163,23 +164,39 @@ def search_two_sizes(view: views.RoundView, fed: views.Federation, colluders, di
 def decode_two(view: views.RoundView, fed: views.Federation, victim: int, honest: int,
                colluders, direction: int) -> tuple[np.ndarray, np.ndarray]:
     """N - 2 colluders, a colluder as pilot, sizes known: (T_v guess i8[M], ambiguous
-    bool[M]). z = S_v T_v + S_h T_h is decoded to the nearest of the nine pairs; where
-    two pairs give the same z, the guess is the pair with T_v = 0, else T_v = sign(z).
+    bool[M]).
+
+    The colluders replay the master's float32 Eq. (3) (``protocol.master_update``) for
+    each of the nine (T_v, T_h) pairs and keep, per coordinate, the pairs that reproduce
+    P^t bit for bit; T_v is known where those pairs agree on it. Elsewhere (two pairs
+    give the same vote, e.g. equal sizes, or float32 rounding erased the difference)
+    the guess is T_v = 0 if a fitting pair has it, else the sign of the vote. Where no
+    pair fits, the nearest one in real arithmetic is taken.
     """
     u, known, live = pooled_residual(view, fed, colluders, direction)
-    s = float(view.sizes.sum())
-    z = u * s - known
     sv, sh = float(view.sizes[victim]), float(view.sizes[honest])
+    z = u * float(view.sizes.sum()) - known
+    t_all = view.ternary.copy()
     pairs = [(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1)]
-    vals = np.array([a * sv + b * sh for a, b in pairs])
-    nearest = np.abs(z[:, None] - vals[None, :])
-    best = nearest.min(axis=1, keepdims=True)
-    tied = np.isclose(nearest, best, rtol=0, atol=1e-6 * max(sv, sh))
-    ambiguous = tied.sum(axis=1) > 1
-    tv = np.array([a for a, _ in pairs])[np.argmin(nearest, axis=1)]
-    # among tied pairs prefer T_v = 0, then the sign of z
-    has_zero = (tied & (np.array([a for a, _ in pairs]) == 0)[None, :]).any(axis=1)
-    tv = np.where(ambiguous, np.where(has_zero, 0, np.sign(z)), tv)
+    fits = []
+    for a, b in pairs:
+        t_all[victim], t_all[honest] = a, b
+        fits.append(np.asarray(protocol.master_update(
+            view.q_sent[view.pilot], t_all, view.sizes, view.pilot, view.p_prev,
+            view.p_prev2, fed.alpha0, fed.beta, view.epoch, direction=direction))
+            == view.p_new)
+    fits = np.stack(fits, axis=1)  # [M, 9]
+    tv_of = np.array([a for a, _ in pairs])
+    nearest = tv_of[np.argmin(np.abs(z[:, None] - np.array([a * sv + b * sh
+                                                              for a, b in pairs])), axis=1)]
+    lo = np.where(fits, tv_of, 2).min(axis=1)
+    hi = np.where(fits, tv_of, -2).max(axis=1)
+    any_fit = fits.any(axis=1)
+    agreed = any_fit & (lo == hi)
+    ambiguous = any_fit & (lo != hi)
+    has_zero = (fits & (tv_of == 0)).any(axis=1)
+    guess = np.where(has_zero, 0, np.sign(z)).astype(np.int64)
+    tv = np.where(agreed, lo, np.where(ambiguous, guess, nearest))
     return np.where(live, tv, 0).astype(np.int8), ambiguous & live
 
 

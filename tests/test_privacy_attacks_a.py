@@ -1,0 +1,296 @@
+"""Attacks E1, E6, E7, E8, the image metrics, the runner and `fedf attack`: each attack
+succeeds where it must and fails (chance level) where it must."""
+
+import dataclasses
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from fedf_jax import protocol
+from fedf_jax.privacy import (
+    cli,
+    e1_inversion,
+    e6_curious_worker,
+    e7_collusion,
+    e8_lying,
+    experiments,
+    metrics,
+    views,
+)
+from fedf_jax.privacy.common import Options
+
+OPTS = Options(workers=4, hidden=8, partition="iid", seeds=1, rounds=2, arms=("fedf+1",))
+
+
+@pytest.fixture(scope="module")
+def one_sample():
+    """Every worker holds one sample; one local epoch of batch 8 = one SGD step."""
+    return e1_inversion.cut_to(views.make_federation(OPTS, 5), 1)
+
+
+@pytest.fixture(scope="module")
+def one_sample_runs(one_sample):
+    return {arm: views.run_arm(one_sample, arm, 2, 5) for arm in ("fedavg", "fedf+1")}
+
+
+# ---- metrics ---------------------------------------------------------------------------
+
+def test_psnr_of_a_known_error_and_the_cap_for_an_exact_image():
+    a = np.zeros((2, 8, 8, 1))
+    b = a.copy()
+    b[0] += 0.1  # MSE 0.01 -> 20 dB
+    np.testing.assert_allclose(metrics.psnr(b, a), [20.0, metrics.PSNR_CAP_DB])
+    np.testing.assert_allclose(metrics.psnr(a + 2.0, a + 1.0), [metrics.PSNR_CAP_DB] * 2)
+
+
+def test_ssim_is_one_for_identical_images_and_low_for_noise():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(3, 8, 8, 1))
+    np.testing.assert_allclose(metrics.ssim(x, x), 1.0)
+    assert metrics.ssim(rng.uniform(size=x.shape), x).mean() < 0.3
+
+
+def test_match_undoes_a_permutation_and_iip_finds_the_true_image():
+    rng = np.random.default_rng(1)
+    x = rng.uniform(size=(5, 8, 8, 1))
+    perm = np.array([3, 0, 4, 1, 2])
+    idx = metrics.match(x[perm], x)
+    np.testing.assert_array_equal(perm[idx], np.arange(5))
+    distract = [rng.uniform(size=(7, 8, 8, 1)) for _ in range(5)]
+    assert metrics.iip_pixel(x + 0.01, x, distract).all()
+    near = np.stack([d[0] for d in distract]) + 0.01  # next to a distractor
+    assert not metrics.iip_pixel(near, x, distract).any()
+
+
+def test_label_accuracy_is_the_multiset_overlap():
+    assert metrics.label_accuracy([1, 1, 2, 7], [1, 2, 2, 7]) == 0.75
+    assert metrics.label_accuracy([3], [3]) == 1.0
+
+
+# ---- E1 --------------------------------------------------------------------------------
+
+def test_mlp_layout_matches_the_models_forward_pass(one_sample):
+    fed = one_sample
+    layers = e1_inversion.layers_of(fed)
+    p = fed.p0.astype(np.float64)
+    first, out = layers["first"], layers["out"]
+    x = fed.x_test[:5].reshape(5, -1)
+    h = np.maximum(x @ p[first.kernel].reshape(first.shape) + p[first.bias], 0)
+    logits = h @ p[out.kernel].reshape(out.shape) + p[out.bias]
+    np.testing.assert_allclose(logits, np.asarray(fed.model.apply(fed.p0, fed.x_test[:5])),
+                               atol=1e-5)
+
+
+def test_analytic_inversion_recovers_a_one_sample_workers_input_exactly(one_sample,
+                                                                        one_sample_runs):
+    fed, layers = one_sample, e1_inversion.layers_of(one_sample)
+    for v in one_sample_runs["fedavg"]:
+        for k in range(4):
+            delta = v.q_sent[k].astype(np.float64) - v.p_prev
+            rec = e1_inversion.analytic_inversion(delta, layers["first"], 1, (8, 8, 1))
+            assert np.abs(rec - fed.x_parts[k]).max() < 1e-4
+            assert e1_inversion.infer_labels(delta, layers["out"], 1)[0] == fed.y_parts[k][0]
+
+
+def test_the_fedf_master_recovers_its_pilots_input_whatever_the_private_lr(one_sample,
+                                                                           one_sample_runs):
+    fed, layers = one_sample, e1_inversion.layers_of(one_sample)
+    for v in one_sample_runs["fedf+1"]:
+        delta = v.q_sent[v.pilot].astype(np.float64) - v.p_prev
+        rec = e1_inversion.analytic_inversion(delta, layers["first"], 1, (8, 8, 1))
+        assert metrics.psnr(rec, fed.x_parts[v.pilot])[0] > 40
+
+
+def test_analytic_inversion_is_exact_after_five_local_steps_on_one_sample():
+    fed = e1_inversion.cut_to(views.make_federation(OPTS, 6, local_epochs=5), 1)
+    (v,) = views.run_arm(fed, "fedavg", 1, 6)
+    delta = v.q_sent[0].astype(np.float64) - v.p_prev
+    rec = e1_inversion.analytic_inversion(delta, e1_inversion.layers_of(fed)["first"], 1,
+                                          (8, 8, 1))
+    assert metrics.psnr(rec, fed.x_parts[0])[0] > 40
+
+
+def test_analytic_inversion_of_a_random_update_is_at_chance(one_sample):
+    fed = one_sample
+    layers = e1_inversion.layers_of(fed)
+    rng = np.random.default_rng(2)
+    delta = rng.normal(scale=1e-3, size=fed.p0.shape)
+    rec = e1_inversion.analytic_inversion(delta, layers["first"], 1, (8, 8, 1))
+    s = metrics.scores(rec, fed.x_parts[0], fed.y_parts[0], fed.x_aux, fed.y_aux)
+    assert s["psnr_db"] < 15
+    hits = [metrics.scores(e1_inversion.analytic_inversion(
+        rng.normal(scale=1e-3, size=fed.p0.shape), layers["first"], 1, (8, 8, 1)),
+        fed.x_parts[k], fed.y_parts[k], fed.x_aux, fed.y_aux)["iip"] for k in range(4)]
+    assert np.mean(hits) <= 0.25
+
+
+def test_label_rule_reads_the_classes_whose_output_bias_rose():
+    out = e1_inversion.Layer(slice(0, 0), slice(0, 10), (0, 10))
+    db = np.full(10, -0.01)
+    db[[2, 7]] = [0.3, 0.1]
+    labels = e1_inversion.infer_labels(db, out, 4)
+    assert sorted(set(labels.tolist())) == [2, 7] and len(labels) == 4
+    assert (labels == 2).sum() >= (labels == 7).sum()
+
+
+def test_optimisation_inversion_reconstructs_a_one_step_update(one_sample, one_sample_runs):
+    fed = one_sample
+    v = one_sample_runs["fedavg"][0]
+    delta = v.q_sent[0].astype(np.float64) - v.p_prev
+    rec = e1_inversion.optimisation_inversion(fed.model, v.p_prev, delta, fed.y_parts[0],
+                                              (8, 8, 1), fed.specs[0], 100,
+                                              jax.random.key(0))
+    good = metrics.psnr(rec, fed.x_parts[0])[0]
+    rng = np.random.default_rng(3)
+    noise = e1_inversion.optimisation_inversion(
+        fed.model, v.p_prev, rng.normal(scale=1e-3, size=delta.shape), fed.y_parts[0],
+        (8, 8, 1), fed.specs[0], 100, jax.random.key(0))
+    assert good > 25 and metrics.psnr(noise, fed.x_parts[0])[0] < good - 10
+
+
+# ---- E6 --------------------------------------------------------------------------------
+
+def test_a_curious_worker_reads_a_one_sample_pilot_off_the_global_step(one_sample,
+                                                                      one_sample_runs):
+    fed, layers = one_sample, e1_inversion.layers_of(one_sample)
+    v = one_sample_runs["fedf+1"][0]
+    me = next(k for k in range(4) if k != v.pilot)
+    out = e6_curious_worker.attack_step(v, fed, "fedf+1", me, layers)
+    assert out["recovered_best_worker"] == 1.0
+    assert e6_curious_worker.attack_step(v, fed, "fedf+1", v.pilot, layers) is None
+
+
+# ---- E7 --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fed5():
+    return views.make_federation(dataclasses.replace(OPTS, workers=5), 7)
+
+
+def test_n_minus_1_colluders_recover_the_victims_ternary_exactly(fed5):
+    cols = [1, 2, 3, 4]
+    seen = 0
+    for v in views.run_arm(fed5, "fedf+1", 3, 7):
+        if v.pilot not in cols:
+            continue
+        seen += 1
+        t_hat, size = e7_collusion.recover_victim_ternary(v, fed5, 0, cols, 1)
+        assert size == v.sizes[0]
+        ok = e7_collusion.identifiable(v, fed5, 0, 1)
+        np.testing.assert_array_equal(t_hat[ok], v.ternary[0][ok])
+        assert ok.mean() > 0.5
+        if v.epoch == 1:
+            assert ok.all()
+    assert seen >= 1
+
+
+def test_n_minus_1_colluders_of_the_paper_get_the_victims_model_bit_for_bit(fed5):
+    rv = views.run_arm(fed5, "fedf-1", 3, 7, report=e7_collusion.paper_attack([1, 2, 3, 4]))
+    for v in rv:
+        assert v.pilot == 0
+        np.testing.assert_array_equal(v.p_new, v.q_true[0])
+
+
+def test_n_minus_1_recovery_from_a_random_global_model_is_no_better_than_guessing(fed5):
+    cols = [1, 2, 3, 4]
+    v = next(v for v in views.run_arm(fed5, "fedf+1", 3, 7) if v.pilot in cols)
+    rng = np.random.default_rng(4)
+    fake = v._replace(p_new=v.p_new + rng.normal(scale=0.05, size=v.p_new.shape))
+    t_hat, _ = e7_collusion.recover_victim_ternary(fake, fed5, 0, cols, 1, max_size=400)
+    _, counts = np.unique(v.ternary[0], return_counts=True)
+    assert np.mean(t_hat == v.ternary[0]) < counts.max() / v.ternary[0].size
+
+
+def test_n_minus_2_colluders_with_unequal_sizes_decode_and_with_equal_sizes_do_not(fed5):
+    cols = [2, 3, 4]
+    fed = fed5._replace(x_parts=[fed5.x_parts[0], fed5.x_parts[1][:150], *fed5.x_parts[2:]],
+                        y_parts=[fed5.y_parts[0], fed5.y_parts[1][:150], *fed5.y_parts[2:]])
+    rv = views.run_arm(fed, "fedf+1", 3, 7, report=e8_lying.steer_to_self(cols))
+    v = rv[-1]
+    assert v.pilot in cols and v.epoch == 3
+    t_hat, amb = e7_collusion.decode_two(v, fed, 0, 1, cols, 1)
+    assert v.sizes[0] != v.sizes[1]
+    # exact wherever float32 kept the trit (the inflated sizes shrink the honest votes)
+    np.testing.assert_array_equal(t_hat[~amb], v.ternary[0][~amb])
+    assert amb.mean() < 0.2
+    # the honest sizes can be found from the messages (here without inflated sizes)
+    w = views.run_arm(fed, "fedf+1", 2, 7, report=e8_lying.steer_to_self(cols, 1))[1]
+    assert w.pilot in cols
+    x, y = e7_collusion.search_two_sizes(w, fed, cols, 1)
+    assert sorted((x, y)) == [150, 216]
+    # equal sizes: the two honest trits only show through their sum
+    same = v._replace(sizes=np.where(np.arange(5) == 1, v.sizes[0], v.sizes))
+    z = np.asarray(v.ternary[0], np.int64) + v.ternary[1]
+    _, amb = e7_collusion.decode_two(same._replace(p_new=_eq3(same, fed)), fed, 0, 1, cols, 1)
+    both = (z == 0) | (np.abs(z) == 1)
+    assert amb[both & (np.abs(v.p_prev.astype(np.float64) - v.p_prev2) > 1e-4)].mean() > 0.95
+
+
+def _eq3(v, fed):
+    """P^t as the master computes it (Eq. 3, d = +1) for a view with edited sizes."""
+    return np.asarray(protocol.master_update(v.q_sent[v.pilot], v.ternary, v.sizes, v.pilot,
+                                             v.p_prev, v.p_prev2, fed.alpha0, fed.beta,
+                                             v.epoch))
+
+
+# ---- E8 --------------------------------------------------------------------------------
+
+def test_inflated_costs_and_sizes_leave_the_victims_update_almost_unmixed(fed5):
+    cols = [2, 3, 4]
+    rv = views.run_arm(fed5, "fedf+1", 3, 7,
+                       report=e8_lying.hook_for("inflate cost+size", cols))
+    assert all(v.pilot in (0, 1) for v in rv)
+    for v in rv:
+        if v.pilot == 0:
+            assert e8_lying.relative_residual(v) < 1e-3
+    honest = views.run_arm(fed5, "fedf+1", 3, 7)
+    assert any(v.pilot in cols for v in honest)  # without the lie, colluders are chosen
+
+
+def test_unknown_lie_is_rejected():
+    with pytest.raises(ValueError, match="strategy"):
+        e8_lying.hook_for("whisper", [2])
+
+
+# ---- runner and CLI --------------------------------------------------------------------
+
+def test_help_lists_every_experiment(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.build_parser().parse_args(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert "--experiment" in text and all(f"E{i}" in text for i in range(1, 10))
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--experiment", "E10"], "`--experiment` (='E10') must be one of"),
+    (["--experiment", "E7", "--arms", "fedf+3"], "`arm` (='fedf+3')"),
+    (["--experiment", "E7", "--seeds", "0"], "`seeds` (=0)"),
+    (["--experiment", "E2", "--data", "cifar10"], "--data-dir"),
+])
+def test_bad_input_is_a_one_line_error(capsys, argv, needle):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fedf: error:") and needle in err and "\n" not in err
+
+
+def test_an_experiment_runs_from_the_cli_and_writes_its_result(tmp_path, capsys):
+    argv = ["--experiment", "e8", "--seeds", "1", "--rounds", "2", "--arms", "fedf+1",
+            "--out", str(tmp_path)]
+    assert cli.main(argv) == 0
+    d = json.loads((tmp_path / "result.json").read_text())
+    assert d["experiment"] == "E8" and d["verdict"] in ("supported", "refuted", "inconclusive")
+    back = experiments.read_result(tmp_path / "result.json")
+    assert len(back.rows) == len(d["rows"]) and (tmp_path / "result.md").exists()
+    assert "### E8" in capsys.readouterr().out
+
+
+def test_every_registered_experiment_states_its_criterion_before_running():
+    for name, module in experiments.EXPERIMENTS.items():
+        assert module.TITLE and module.CLAIM and module.CRITERION, name
+        assert callable(module.run)
+    assert experiments.theorem_verdict(["supported", "refuted"]) == "refuted"
+    assert experiments.theorem_verdict(["supported", "supported"]) == "supported"
+    assert experiments.theorem_verdict([]) == "inconclusive"
