@@ -119,41 +119,39 @@ def update_weights(sizes: ArrayLike, pilot: ArrayLike, alpha0: ArrayLike, beta: 
     return jnp.where(keep, w, 0.0).astype(_f32)
 
 
-_CHUNK = 32  # rows of ternaries decoded and summed per pass of the master's reduction
+_BLOCK_BYTES = 1 << 20  # decoded float32 rows per step of the master's reduction (in cache)
 
 
 def _weighted_rows(rows: jax.Array, weights: jax.Array, lanes, n_out: int) -> jax.Array:
-    """``sum_k w_k decode(rows_k)`` over the leading axis, in chunks of rows.
+    """``sum_k w_k decode(rows_k)`` over the leading axis, in blocks of rows.
 
-    ``lanes`` maps one row to float32 lanes (``codec.unpack_lanes_jnp``; a single
-    lane for unpacked rows) that :func:`codec.interleave_lanes` turns into the
-    decoded f32[n_out]. A chunk of up to ``_CHUNK`` rows is one elementwise pass
-    (the rows summed in an unrolled chain that XLA fuses into one loop per lane):
-    each row is read once, the accumulators once per chunk, and decoded rows never
-    reach memory. Decoding lane by lane, with constant shifts, vectorizes; a
-    reduction over a decoded [rows, M] block materialises it and is several times
-    slower on CPU. When N is not a multiple of the chunk, the last chunk overlaps
-    the one before with weight 0 on the overlapping rows (adding ``0 * trit``
-    changes nothing), so the rows are never padded (a copy of every byte).
+    ``lanes`` maps rows [c, B] to float32 lanes [c, B] (``codec.unpack_lanes_jnp``;
+    a single lane for unpacked rows), which :func:`codec.interleave_lanes` turns
+    into the decoded f32[n_out]. Each step decodes as many rows as fit in about
+    ``_BLOCK_BYTES`` of float32 lanes (so the block stays in cache, never in main
+    memory) and adds ``w @ lanes`` to the accumulators: every packed row is read
+    once. Decoding lane by lane, with constant shifts, vectorizes; decoding to
+    int8 through a bitcast, or one reduction over all N decoded rows, does not and
+    is several times slower on CPU. When N is not a multiple of the block, the
+    last block overlaps the one before with weight 0 on the overlapping rows
+    (adding ``0 * trit`` changes nothing), so the rows are never padded (a copy).
     """
-    n = rows.shape[0]
+    n, width = rows.shape[0], rows.shape[-1]
     zeros = tuple(jnp.zeros(a.shape, _f32)
                   for a in lanes(jnp.zeros(rows.shape[1:], rows.dtype)))
     if n == 0:
         return codec.interleave_lanes(zeros, n_out)
-    c = min(n, _CHUNK)
+    c = max(1, min(n, _BLOCK_BYTES // (4 * len(zeros) * width)))
     k = -(-n // c)
 
-    def add_chunk(i, acc):
+    def add_block(i, acc):
         start = jnp.minimum(i * c, n - c)
         r = jax.lax.dynamic_slice_in_dim(rows, start, c)
         w = jax.lax.dynamic_slice_in_dim(weights, start, c)
         w = jnp.where(start + jnp.arange(c) >= i * c, w, 0.0)  # rows of an overlap: once
-        for j in range(c):
-            acc = tuple(a + w[j] * lane for a, lane in zip(acc, lanes(r[j]), strict=True))
-        return acc
+        return tuple(a + w @ lane for a, lane in zip(acc, lanes(r), strict=True))
 
-    acc = add_chunk(0, zeros) if k == 1 else jax.lax.fori_loop(0, k, add_chunk, zeros)
+    acc = add_block(0, zeros) if k == 1 else jax.lax.fori_loop(0, k, add_block, zeros)
     return codec.interleave_lanes(acc, n_out)
 
 

@@ -4,6 +4,10 @@ Digits, MLP 64-128-10, every worker with the same number of samples, one local
 epoch of SGD with batch 10. The FedAvg round below is written here, on purpose
 without the library: vmapped local SGD over all clients, then the example-weighted
 mean. Both run interleaved on the same data; the figure that matters is the ratio.
+Compile time (trace + XLA) is measured apart, and every XLA compilation is counted
+(jax.monitoring): the timed epochs must compile nothing. ``--scan`` also times K
+epochs in one ``make_scan_fn`` call against K epoch calls whose outputs are read
+back each epoch (as the run log does).
 
     python sims/bench/round_time.py                    # 100, 1000, 10000 workers
     python sims/bench/round_time.py --workers 100 1000 --rounds 20 --json out.json
@@ -13,11 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 
+import common
 import jax
 import jax.numpy as jnp
 import optax
@@ -55,25 +58,57 @@ def bare_fedavg_round(apply, steps: int, batch: int, lr: float):
     return jax.jit(round_, donate_argnums=0)
 
 
-def timed(fn, *args):
-    t0 = time.perf_counter()
-    out = fn(*args)
-    jax.block_until_ready(out)
-    return out, time.perf_counter() - t0
+timed = common.timed
 
 
-def bench(n_workers: int, samples: int, rounds: int, batch: int = 10, lr: float = 0.05):
+def setup(n_workers: int, samples: int, batch: int = 10, lr: float = 0.05,
+          hidden: int | None = None):
+    """Model, plan, master config, data and P^0 of the benchmark's FEDF run
+    (``hidden``: the MLP's hidden width, default the model's 128)."""
     ds = load_dataset("digits")
     wd = sample_workers(ds.x_train, ds.y_train, n_workers, samples, seed=0)
-    model = make_model("mlp", ds.x_train.shape[1:], ds.num_classes)
-    p0 = model.init(jax.random.key(0))
-
-    # FEDF: the library's vmap backend.
+    kw = {} if hidden is None else {"hidden": (hidden,)}
+    model = make_model("mlp", ds.x_train.shape[1:], ds.num_classes, **kw)
     specs = [worker.WorkerSpec(lr=lr, batch_size=batch, local_epochs=1)] * n_workers
     cfg = master.MasterConfig()
     plan = vb.make_plan(specs, wd.sizes, len(ds.y_test))
     data = vb.make_data(plan, wd.x, wd.y, wd.sizes, specs, cfg.betas(n_workers),
                         ds.x_test, ds.y_test, jax.random.key(1))
+    return model, plan, cfg, data, model.init(jax.random.key(0)), wd
+
+
+def bench_scan(n_workers: int, samples: int, k: int, repeats: int = 3) -> dict:
+    """K epochs in one ``make_scan_fn`` call vs K ``make_epoch_fn`` calls, each of
+    whose outputs is read back to the host before the next (what a run log does)."""
+    model, plan, cfg, data, p0, _ = setup(n_workers, samples)
+    step = vb.make_epoch_fn(model, plan, cfg)
+    state = vb.init_state(plan, data, p0)
+    t0 = time.perf_counter()
+    scan = vb.make_scan_fn(model, plan, cfg, k)
+    scan.lower(state, data).compile()
+    scan_compile = time.perf_counter() - t0
+    (state, _), _ = timed(scan, state, data)
+    state, _ = step(state, data)
+    loop_t, scan_t = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(k):
+            state, out = step(state, data)
+            jax.device_get(out)
+        loop_t.append((time.perf_counter() - t0) / k)
+        t0 = time.perf_counter()
+        state, out = scan(state, data)
+        jax.device_get(out)
+        scan_t.append((time.perf_counter() - t0) / k)
+    return {"workers": n_workers, "k": k, "loop_epoch_median_s": statistics.median(loop_t),
+            "scan_epoch_median_s": statistics.median(scan_t),
+            "scan_over_loop": statistics.median(scan_t) / statistics.median(loop_t),
+            "scan_compile_s": scan_compile}
+
+
+def bench(n_workers: int, samples: int, rounds: int, batch: int = 10, lr: float = 0.05):
+    # FEDF: the library's vmap backend.
+    model, plan, cfg, data, p0, wd = setup(n_workers, samples, batch, lr)
     state = vb.init_state(plan, data, p0)
     fedf = vb.make_epoch_fn(model, plan, cfg)
 
@@ -91,6 +126,7 @@ def bench(n_workers: int, samples: int, rounds: int, batch: int = 10, lr: float 
     avg_compile = time.perf_counter() - t0
     (state, _), _ = timed(fedf, state, data)  # warm-up calls (cached executables)
     p, _ = timed(fedavg, p, fx, fy, fsizes, jax.random.key(2))
+    compiles = common.compile_count()
     fedf_t, avg_t = [], []
     for r in range(rounds):  # interleaved, so both see the same machine load
         (state, _), dt = timed(fedf, state, data)
@@ -102,8 +138,35 @@ def bench(n_workers: int, samples: int, rounds: int, batch: int = 10, lr: float 
         "fedf_median_s": statistics.median(fedf_t), "fedavg_median_s": statistics.median(avg_t),
         "ratio": statistics.median(fedf_t) / statistics.median(avg_t),
         "ratio_of_mins": min(fedf_t) / min(avg_t),
+        "fedf_min_s": min(fedf_t), "fedavg_min_s": min(avg_t),
         "fedf_compile_s": fedf_compile, "fedavg_compile_s": avg_compile,
+        "compiles_after_first_epoch": len(common.compiles_since(compiles)),
     }
+
+
+def run(workers=(100, 1000, 10000), samples: int = 20, rounds: int = 0, scan_k: int = 10,
+        scan_workers=(100, 1000), log=print) -> dict:
+    """Every size; ``rounds`` 0 picks 30, 15, 7 by size. Returns the rows and scan rows."""
+    log(f"{'workers':>8} {'FedAvg ms':>10} {'FEDF ms':>10} {'ratio':>6} {'min ratio':>9} "
+        f"{'FEDF compile s':>14} {'FedAvg compile s':>16} {'recompiles':>10}")
+    rows = []
+    for n in workers:
+        r = bench(n, samples, rounds or (30 if n <= 100 else 15 if n <= 1000 else 7))
+        rows.append(r)
+        log(f"{n:>8} {1e3 * r['fedavg_median_s']:>10.2f} {1e3 * r['fedf_median_s']:>10.2f} "
+            f"{r['ratio']:>6.2f} {r['ratio_of_mins']:>9.2f} {r['fedf_compile_s']:>14.2f} "
+            f"{r['fedavg_compile_s']:>16.2f} {r['compiles_after_first_epoch']:>10}", flush=True)
+    scans = []
+    if scan_k > 1:
+        log(f"{'workers':>8} {'K':>4} {'loop ms/epoch':>14} {'scan ms/epoch':>14} {'scan/loop':>9} "
+            f"{'scan compile s':>14}")
+        for n in scan_workers:
+            r = bench_scan(n, samples, scan_k)
+            scans.append(r)
+            log(f"{n:>8} {scan_k:>4} {1e3 * r['loop_epoch_median_s']:>14.2f} "
+                f"{1e3 * r['scan_epoch_median_s']:>14.2f} {r['scan_over_loop']:>9.2f} "
+                f"{r['scan_compile_s']:>14.2f}", flush=True)
+    return {"rounds": rows, "scan": scans}
 
 
 def main():
@@ -112,24 +175,17 @@ def main():
     parser.add_argument("--samples", type=int, default=20, help="samples per worker")
     parser.add_argument("--rounds", type=int, default=0,
                         help="timed rounds per size (default: 30, 15, 7 by size)")
+    parser.add_argument("--scan", type=int, default=10, metavar="K",
+                        help="also time K epochs per make_scan_fn call (0: no)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, "
-          f"devices {jax.devices()}")
-    print(f"{'workers':>8} {'FedAvg ms':>10} {'FEDF ms':>10} {'ratio':>6} {'min ratio':>9} "
-          f"{'FEDF compile s':>14} {'FedAvg compile s':>16}  (trace + XLA compile)")
-    results = []
-    for n in args.workers:
-        rounds = args.rounds or (30 if n <= 100 else 15 if n <= 1000 else 7)
-        r = bench(n, args.samples, rounds)
-        results.append(r)
-        print(f"{n:>8} {1e3 * r['fedavg_median_s']:>10.2f} {1e3 * r['fedf_median_s']:>10.2f} "
-              f"{r['ratio']:>6.2f} {r['ratio_of_mins']:>9.2f} {r['fedf_compile_s']:>14.2f} "
-              f"{r['fedavg_compile_s']:>16.2f}", flush=True)
+    m = common.machine()
+    print(f"machine: {m['cpu']}, {m['cores']} cores, jax {m['jax']}, devices {m['devices']}")
+    res = run(args.workers, args.samples, args.rounds, args.scan,
+              [n for n in args.workers if n <= 1000])
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": platform.platform(), "jax": jax.__version__,
-                       "results": results}, f, indent=1)
+            json.dump({"machine": m, **res}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,153 @@
+"""Runs every benchmark and writes sims/bench/RESULTS.md and sims/bench/results.json.
+
+Each figure is a ratio against a baseline run in the same process (or, for peak
+memory, in a sibling process of the same kind), with the absolute times and the
+machine description. The MPI exchange and sharded scaling benchmarks have their
+own scripts (mpi_exchange.py, sharded_scaling.py) and are not run here.
+
+    python sims/bench/run_all.py            # full: about 10-15 minutes on 2 cores
+    python sims/bench/run_all.py --quick    # a smaller sweep of everything
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import common  # noqa: E402
+import kernels  # noqa: E402
+import memory  # noqa: E402
+import round_time  # noqa: E402
+import scaling  # noqa: E402
+
+
+def _ms(s: float) -> str:
+    return f"{1e3 * s:.2f}"
+
+
+def markdown(res: dict) -> str:
+    """RESULTS.md from the collected results."""
+    m = res["machine"]
+    out = [
+        "# fedf_jax benchmarks", "",
+        f"Written by `python sims/bench/run_all.py{' --quick' if res['quick'] else ''}` "
+        f"on {m['date']} in {res['wall_s'] / 60:.1f} min.", "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']:.0f} GiB; "
+        f"{m['platform']}; Python {m['python']}, jax {m['jax']}; devices {m['devices']}. "
+        f"1-minute load average at the start: {m['load_avg_1m']:.1f} (the box may be shared "
+        "with other jobs: figures are medians, minimums are given, and every ratio is "
+        "against a baseline timed in turn with it in the same process).", "",
+        "## Fused protocol kernels", "",
+        "Effective GB/s = bytes the kernel must read and write / median time. Baseline: "
+        "a jitted `x + y` on float32 vectors moving the same bytes, timed in turn with the "
+        "kernel. Unfused = each stage a separate jitted call (ternarize, then pack; "
+        "unpack to int8 [N, M], then Eq. 3). Target: fused >= 50 % of `x + y`.", "",
+        "| kernel | scheme | N | M | fused ms (min) | GB/s | % of x+y | x+y GB/s "
+        "| unfused / fused |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in res["kernels"]:
+        out.append(
+            f"| {r['kernel']} | {r['scheme']} | {r['N']} | {r['M']:,} | "
+            f"{_ms(r['fused_median_s'])} ({_ms(r['fused_min_s'])}) | {r['fused_gbps']:.2f} | "
+            f"{100 * r['fraction_of_copy']:.0f} % | {r['copy_gbps']:.2f} | "
+            f"{r['unfused_over_fused']:.2f}x |")
+    out += ["", "Worker kernels whose Q [N, M] would exceed 1 GiB of host memory are skipped.",
+            "", "## Round time: FEDF vmap epoch vs bare vmap FedAvg round", "",
+            "Digits, MLP 64-128-10, 20 samples per worker, 1 local epoch, batch 10. FedAvg "
+            "is written in the benchmark without the library. Compile = trace + XLA, apart "
+            "from the timed rounds. Recompiles = XLA compilations (jax.monitoring) during the "
+            "timed rounds, after the first epoch. Targets: ratio <= 1.3x, compile <= 2 s.", "",
+            "| workers | FedAvg ms (min) | FEDF ms (min) | ratio | ratio of mins "
+            "| FEDF compile s | FedAvg compile s | recompiles |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in res["round_time"]["rounds"]:
+        out.append(
+            f"| {r['workers']:,} | {_ms(r['fedavg_median_s'])} ({_ms(r['fedavg_min_s'])}) | "
+            f"{_ms(r['fedf_median_s'])} ({_ms(r['fedf_min_s'])}) | {r['ratio']:.2f} | "
+            f"{r['ratio_of_mins']:.2f} | {r['fedf_compile_s']:.2f} | "
+            f"{r['fedavg_compile_s']:.2f} | {r['compiles_after_first_epoch']} |")
+    if res["round_time"]["scan"]:
+        out += ["", "Many epochs per call (`make_scan_fn`, K epochs in one `lax.scan`) vs K "
+                "calls of the epoch step, each reading its outputs back to the host (as the "
+                "run log does); the scan reads its K stacked outputs once.", "",
+                "| workers | K | loop ms/epoch | scan ms/epoch | scan / loop | scan compile s |",
+                "|---:|---:|---:|---:|---:|---:|"]
+        for r in res["round_time"]["scan"]:
+            out.append(f"| {r['workers']:,} | {r['k']} | {_ms(r['loop_epoch_median_s'])} | "
+                       f"{_ms(r['scan_epoch_median_s'])} | {r['scan_over_loop']:.2f} | "
+                       f"{r['scan_compile_s']:.2f} |")
+    mem = res["memory"]
+    out += ["", "## Memory", "",
+            "Peak resident set (ru_maxrss) of a fresh process that builds the data, compiles "
+            "and runs 3 epochs; baseline: the bare FedAvg round in a process of its own. "
+            "Target: FEDF <= 4 GiB at 10,000 workers.", "",
+            "| run | workers | RSS after data MiB | peak RSS MiB |", "|---|---:|---:|---:|"]
+    for kind, r in mem["peak"].items():
+        out.append(f"| {kind} | {r['workers']:,} | {r['rss_data_mib']:.0f} | "
+                   f"{r['peak_rss_mib']:.0f} |")
+    s = mem["slope"]
+    out += ["", f"FEDF / FedAvg peak RSS: {mem['peak_ratio']:.2f}x.", "",
+            f"RSS over {s['epochs']} epochs at {s['workers']} workers (every epoch's outputs "
+            f"read back): {s['rss_first_mib']:.0f} -> {s['rss_last_mib']:.0f} MiB; fitted "
+            f"slope after epoch {s['warmup_epochs']}: **{s['slope_mib_per_1000_epochs']:+.2f} "
+            f"MiB per 1,000 epochs**; XLA compilations after the first epoch: "
+            f"**{s['compiles_after_first_epoch']}**; {s['wall_s']:.1f} s wall.", ""]
+    sc = res["scaling"]
+    out += ["## Scaling", "", f"![scaling]({os.path.basename(sc['plot'])})", "",
+            "Memory is XLA's account of the compiled epoch (arguments + outputs + "
+            "temporaries). Slopes are log-log fits against N*M over all but the smallest "
+            "point of a sweep.", "",
+            "| sweep | N | M | FEDF ms (min) | FedAvg ms | ratio | compiled MiB |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, rows in sc["sweeps"].items():
+        for r in rows:
+            out.append(f"| {name} | {r['N']:,} | {r['M']:,} | {_ms(r['fedf_median_s'])} "
+                       f"({_ms(r['fedf_min_s'])}) | {_ms(r['fedavg_median_s'])} | "
+                       f"{r['ratio']:.2f} | {r['fedf_compiled_bytes'] / 2**20:.1f} |")
+    out.append("")
+    for name, f in sc["fits"].items():
+        out.append(f"- {name}: time slope {f['time_slope']:.2f}, memory slope "
+                   f"{f['memory_slope']:.2f}")
+    out.append("")
+    return "\n".join(out)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes everywhere")
+    parser.add_argument("--out", default=HERE, help="folder for RESULTS.md, results.json, "
+                        "scaling.png (default: next to this script)")
+    args = parser.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    t0 = time.perf_counter()
+    res = {"machine": common.machine(), "quick": args.quick}
+    m = res["machine"]
+    print(f"machine: {m['cpu']}, {m['cores']} cores, jax {m['jax']}, load {m['load_avg_1m']:.1f}")
+    print("[1/4] fused kernels", flush=True)
+    res["kernels"] = kernels.run(args.quick)
+    print("[2/4] round time", flush=True)
+    workers = [100, 1000] if args.quick else [100, 1000, 10_000]
+    res["round_time"] = round_time.run(workers, rounds=10 if args.quick else 0,
+                                       scan_k=10, scan_workers=[100, 1000])
+    print("[3/4] memory", flush=True)
+    res["memory"] = memory.run(args.quick)
+    print("[4/4] scaling", flush=True)
+    res["scaling"] = scaling.run(args.quick, os.path.join(args.out, "scaling.png"))
+    res["wall_s"] = time.perf_counter() - t0
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    with open(os.path.join(args.out, "RESULTS.md"), "w") as f:
+        f.write(markdown(res))
+    print(f"wrote {os.path.join(args.out, 'RESULTS.md')} and results.json "
+          f"({res['wall_s'] / 60:.1f} min)")
+
+
+if __name__ == "__main__":
+    main()
