@@ -12,8 +12,9 @@ as the accuracy reference.
 - Audit with canaries (Jagielski et al. 2020): the attacked worker's one-round
   release is run many times with its data set plus a canary (a test image with a
   wrong label) and with its data set plus an ordinary image instead (replace-one
-  neighbours); the score is the cosine of the released update with the
-  canary's gradient direction at P^0. :func:`defences.audited_epsilon` turns the
+  neighbours); the score is the projection of the released update on the
+  noiseless mean difference between the two (estimated on separate runs), the
+  likelihood-ratio direction for Gaussian noise. :func:`defences.audited_epsilon` turns the
   two score samples into a lower bound on epsilon (Clopper-Pearson, 95 %),
   stated next to the accountant's epsilon of one round. The audit scores the
   model the worker would send as pilot; T_k is computed from that same model, so
@@ -81,13 +82,22 @@ def audit(fed: views.Federation, defence, trials: int, seed: int, delta: float
     spec = fed.specs[0]
     q, _ = simulate_workers(fed.model, fed.p0, fed.p0, 1, parts_x, parts_y,
                             (spec,) * (2 * trials), seed, fed.beta)
+    # the test direction: the mean difference of the release with and without the canary
+    # before any noise (the likelihood-ratio direction for Gaussian noise), estimated on
+    # separate runs so the scored runs are not used to choose it
+    q_ref, _ = simulate_workers(fed.model, fed.p0, fed.p0, 1, parts_x, parts_y,
+                                (spec,) * (2 * trials), seed + 7919, fed.beta)
+    ref = q_ref - fed.p0
+    if isinstance(defence, defences.WorkerDP):
+        ref = np.asarray(jax.vmap(defences.clip_l2, in_axes=(0, None))(jnp.asarray(ref),
+                                                                        defence.clip))
+    w = ref[:trials].mean(axis=0) - ref[trials:].mean(axis=0)
     if defence is not None:
         keys = jax.random.split(jax.random.fold_in(jax.random.key(seed), 9), 2 * trials)
         q, _ = jax.vmap(defence.worker, in_axes=(0, 0, None, None))(
             keys, jnp.asarray(q), jnp.asarray(fed.p0), jnp.float32(1.0))
         q = np.asarray(q)
-    d = np.asarray(sample_directions(fed.model, fed.p0, canary_x, canary_y))
-    s = cosines(q - fed.p0, d)[:, 0]
+    s = (q - fed.p0).astype(np.float64) @ w.astype(np.float64)
     out = defences.audited_epsilon(s[:trials], s[trials:], delta)
     eps = math.inf
     if isinstance(defence, defences.WorkerDP):
