@@ -19,7 +19,7 @@ from fedf_jax.privacy import (
     metrics,
     views,
 )
-from fedf_jax.privacy.common import Options
+from fedf_jax.privacy.common import Options, Result, row
 
 OPTS = Options(workers=4, hidden=8, partition="iid", seeds=1, rounds=2, arms=("fedf+1",))
 
@@ -276,15 +276,39 @@ def test_bad_input_is_a_one_line_error(capsys, argv, needle):
     assert err.startswith("fedf: error:") and needle in err and "\n" not in err
 
 
-def test_an_experiment_runs_from_the_cli_and_writes_its_result(tmp_path, capsys):
-    argv = ["--experiment", "e8", "--seeds", "1", "--rounds", "2", "--arms", "fedf+1",
-            "--out", str(tmp_path)]
+class _Tiny:
+    """A stand-in experiment module: the CLI's plumbing without the computation."""
+
+    TITLE, CLAIM, CRITERION = "tiny", "a claim", "a criterion"
+
+    @staticmethod
+    def run(opts, seed0=0, progress=None):
+        progress("tiny done")
+        return Result("E6", "tiny", "a claim", "a criterion",
+                      [row(a, "s", "m", [1.0, 2.0, float("nan")]) for a in opts.arms],
+                      "inconclusive", "notes")
+
+
+def test_an_experiment_runs_from_the_cli_and_writes_its_result(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(experiments.EXPERIMENTS, "E6", _Tiny)
+    argv = ["--experiment", "e6", "--quick", "--arms", "fedavg,fedf+1", "--out", str(tmp_path)]
     assert cli.main(argv) == 0
     d = json.loads((tmp_path / "result.json").read_text())
-    assert d["experiment"] == "E8" and d["verdict"] in ("supported", "refuted", "inconclusive")
+    assert d["experiment"] == "E6" and [r["arm"] for r in d["rows"]] == ["fedavg", "fedf+1"]
+    assert d["rows"][0]["mean"] == 1.5 and d["rows"][0]["n"] == 2
+    assert d["extra"]["options"]["quick"] is True and d["extra"]["options"]["seeds"] == 2
     back = experiments.read_result(tmp_path / "result.json")
-    assert len(back.rows) == len(d["rows"]) and (tmp_path / "result.md").exists()
-    assert "### E8" in capsys.readouterr().out
+    assert [x.mean for x in back.rows] == [1.5, 1.5] and back.verdict == "inconclusive"
+    assert "### E6" in capsys.readouterr().out and (tmp_path / "result.md").exists()
+
+
+def test_e8_runs_end_to_end_and_its_lies_steer_the_pilot(fed5):
+    opts = dataclasses.replace(OPTS, workers=5, quick=True)
+    r = e8_lying.run(opts, seed0=7)
+    cell = {(x.setting, x.metric): x.mean for x in r.rows}
+    assert cell[("steer to self", "colluder_pilot")] == 1.0
+    assert cell[("inflate cost+size", "colluder_pilot")] == 0.0
+    assert r.verdict in ("supported", "refuted", "inconclusive") and r.experiment == "E8"
 
 
 def test_every_registered_experiment_states_its_criterion_before_running():

@@ -25,8 +25,8 @@ and it knows P^{t-1}; so it holds the pilot's whole local update Q_{k*} - P^{t-1
 Every worker holds n_k samples (its share cut to n_k; "all" keeps the partition),
 so the pilot, the one worker whose update the FEDF master sees, has n_k samples.
 Metrics on the attacked update: PSNR, SSIM, IIP-pixel (candidates: the auxiliary
-images with the same label), label accuracy; and how often the victim (worker 0)
-is the pilot.
+images and the worker's other images with the same label), label accuracy; and how
+often the victim (worker 0) is the pilot.
 """
 
 from __future__ import annotations
@@ -266,7 +266,7 @@ def settings(opts: Options) -> list[tuple[int, int, int]]:
 
 def _label(n: int, e: int, b: int, t: int | None = None) -> str:
     s = f"n_k={n or 'all'} E={e} B={b}"
-    return s if t is None else f"{s} t={'1' if t == 1 else '>=2'}"
+    return s if t is None else f"{s} {'t=1' if t == 1 else 't>=2'}"
 
 
 def attack_update(fed: views.Federation, layers, p_prev: np.ndarray, delta: np.ndarray,
@@ -331,14 +331,15 @@ def run(opts: Options, seed0: int = 0, progress: Callable[[str], None] | None = 
     rows = [row(a, st, m, v) for (a, st, m), v in cells.items()]
     rows += [row(a, st, "victim_exposed", v) for (a, st), v in exposed.items()]
     verdict, why = _verdict(cells, arms)
-    notes = (f"{why} The FEDF master attacks the pilot of each epoch (every worker holds n_k "
-             "samples, so the pilot does too); the FedAvg master attacks worker 0, whose model "
-             "it receives every epoch. `victim_exposed`: the share of epochs in which the "
-             "master received worker 0's full model. Optimisation attack at t = 1 only, "
-             f"{iters} signed-Adam steps, the worker's hyper-parameters given to the attacker; "
-             "IIP candidates are the public auxiliary images with the same label "
-             "(`*_iip_chance` is the chance level). signfedavg sends no model: not attacked "
-             "here (see E3).")
+    notes = " ".join([
+        f"{why} The FEDF master attacks the pilot of each epoch (every worker holds n_k",
+        "samples, so the pilot does too); the FedAvg master attacks worker 0, whose model it",
+        "receives every epoch. `victim_exposed`: the share of epochs in which the master",
+        "received worker 0's full model. Optimisation attack at t = 1 only,",
+        f"{iters} signed-Adam steps, the worker's hyper-parameters given to the attacker;",
+        "IIP candidates are the public auxiliary images and the worker's other images with",
+        "the same label (`*_iip_chance` is the chance level). signfedavg sends no model:",
+        "not attacked here (see E3)."])
     return Result("E1", TITLE, CLAIM, CRITERION, rows, verdict, notes)
 
 
@@ -356,7 +357,8 @@ def _verdict(cells, arms) -> tuple[str, str]:
             support = False
         if metric in ("analytic_iip", "opt_iip"):
             chance = np.mean(cells.get((arm, setting, metric + "_chance"), [np.nan]))
-            if setting.startswith(("n_k=1 ", "n_k=4 ")) and lo > 5 * chance:
+            if (metric == "opt_iip" and setting.startswith(("n_k=1 ", "n_k=4 "))
+                    and lo > 5 * chance):
                 refute.append(f"{arm} {setting}: {metric} {m:.2f} (chance {chance:.3f})")
             if lo > chance:
                 support = False

@@ -105,7 +105,7 @@ def run(opts: Options, seed0: int = 0, progress: Callable[[str], None] | None = 
                     if out is None:
                         continue
                     for metric, value in out.items():
-                        st = f"n_k={n} t={'1' if v.epoch == 1 else '>=2'}"
+                        st = f"n_k={n} {'t=1' if v.epoch == 1 else 't>=2'}"
                         vals.setdefault((arm, st, metric), []).append(value)
             if progress:
                 progress(f"E6 n_k={n} seed {seed} done")

@@ -40,6 +40,7 @@ CRITERION = ("Refuted if, under some lying strategy, N-2 colluders recover the v
              "Inconclusive otherwise.")
 
 SIZE_FACTOR = 10_000
+ROUNDS = 10  # epochs per run: the pilot shares are per-seed means over them
 STRATEGIES = ("honest", "inflate cost", "inflate cost+size", "steer to self")
 
 
@@ -84,7 +85,7 @@ def run(opts: Options, seed0: int = 0, progress: Callable[[str], None] | None = 
         raise ValueError(f"`workers` (={n}) must be >= 4 for E8 (victim, honest peer and at "
                          f"least two colluders).")
     cols = list(range(2, n))
-    rounds = 2 if opts.quick else max(opts.rounds, 3)
+    rounds = 2 if opts.quick else max(opts.rounds, ROUNDS)
     arms = [a for a in opts.arms if a.startswith("fedf")] or ["fedf+1"]
     vals: dict[tuple[str, str, str], list[float]] = {}
 

@@ -8,7 +8,8 @@ Each experiment's result.json / result.md goes to OUT/results/EN/; OUT/RESULTS.m
 holds the verdict per theorem, the accuracy cost of each defence and every
 experiment's section; OUT/plots/EN.png its main metrics. OUT defaults to this
 folder (``quick/`` under it with --quick, so a check does not overwrite the suite's
-results). ``--from-results`` rebuilds RESULTS.md and the plots from the result files.
+results). ``--from-results`` rebuilds RESULTS.md and the plots from the result files;
+with ``--only`` the other experiments' saved results stay in the report.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def get_config(quick: bool = False, seeds: int | None = None):
 def theorem_table(results: dict[str, Result]) -> list[str]:
     """Markdown: per claim, its experiments' verdicts and the combined verdict."""
     lines = ["| claim | experiments | their verdicts | verdict |", "|---|---|---|---|"]
+    evidence = []
     for claim, names in experiments.THEOREMS.items():
         got = [n for n in names if n in results]
         verdicts = [results[n].verdict for n in got]
@@ -51,7 +53,15 @@ def theorem_table(results: dict[str, Result]) -> list[str]:
             each += (", " if each else "") + ", ".join(f"{n}: not run" for n in missing)
         lines.append(f"| {claim} | {', '.join(names)} | {each} | "
                      f"**{experiments.theorem_verdict(verdicts)}** |")
-    return lines
+        evidence += [f"- **{n}** ({results[n].verdict}): {_first_sentence(results[n].notes)}"
+                     for n in got]
+    return lines + ["", "Why, per experiment (the first sentence of its notes):", "",
+                    *evidence]
+
+
+def _first_sentence(text: str, limit: int = 400) -> str:
+    head = text.strip().split(". ")[0].strip().rstrip(".")
+    return (head[:limit] + " ...") if len(head) > limit else head + "."
 
 
 def defence_costs(results: dict[str, Result]) -> list[str]:
@@ -215,6 +225,14 @@ def main(argv: list[str] | None = None) -> int:
         walls[name] = time.perf_counter() - t0
         print(f"[{time.strftime('%H:%M:%S')}] {name}: {results[name].verdict} "
               f"({walls[name]:.0f} s)", file=sys.stderr, flush=True)
+    if args.only and not args.from_results:  # keep the other experiments' saved results
+        for name in experiments.MODULES:
+            f = out / "results" / name / "result.json"
+            if name not in results and f.exists():
+                results[name] = experiments.read_result(f)
+                walls[name] = float(results[name].extra.get("wall_s", np.nan))
+        results = {n: results[n] for n in experiments.MODULES if n in results}
+        failed = {n: why for n, why in failed.items() if n not in results}
     path = write_report(results, out, mode, walls, failed)
     print(f"wrote {path}")
     return 0
