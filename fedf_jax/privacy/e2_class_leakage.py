@@ -214,7 +214,7 @@ def run(opts: Options, seed0: int = 0, progress: Callable[[str], None] | None = 
     """E2 over arms x (n_k, local epochs, batch) x t in {1, >=2}, plus the random-ternary
     control."""
     rounds = max(opts.rounds, 2)
-    n_local = (16, 0) if opts.quick else opts.n_local
+    n_local = (0,) if opts.quick else opts.n_local
     seeds = range(seed0, seed0 + (min(opts.seeds, 2) if opts.quick else opts.seeds))
     cells: dict[tuple[str, str, str], list[float]] = {}
     pilot_share: dict[str, list[float]] = {}

@@ -166,9 +166,7 @@ def _score(recon: np.ndarray, fed: views.Federation) -> dict[str, float]:
 def run(opts: Options, seed0: int = 0, progress: Callable[[str], None] | None = None
         ) -> Result:
     """E3: level-set and learned inversion, arms x n_k x t in {1, 2}."""
-    n_local = tuple(n for n in opts.n_local if n != 0 or not opts.quick)
-    if opts.quick:
-        n_local = tuple(n for n in n_local if n <= 4) or (1,)
+    n_local = (1,) if opts.quick else opts.n_local
     seeds = range(seed0, seed0 + (min(opts.seeds, 2) if opts.quick else opts.seeds))
     shadows = SHADOWS_QUICK if opts.quick else SHADOWS
     cells: dict[tuple[str, str, str], list[float]] = {}

@@ -76,7 +76,7 @@ def property_classifier(fed: views.Federation, arm: str, view: views.RoundView, 
 def run(opts: Options, seed0: int = 0, progress: Callable[[str], None] | None = None
         ) -> Result:
     """E5 over arms: attacked workers with and without the property, per seed."""
-    seeds = range(seed0, seed0 + (min(opts.seeds, 2) if opts.quick else opts.seeds))
+    seeds = range(seed0, seed0 + (1 if opts.quick else opts.seeds))
     repeats = 2 if opts.quick else 4  # attacked workers per side and seed
     shadows = 48 if opts.quick else SHADOWS
     n_k = N_LOCAL
