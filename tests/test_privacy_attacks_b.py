@@ -164,9 +164,9 @@ def test_e5_property_is_class_balanced_and_learnable_from_updates():
 
 def test_e9_audit_finds_leakage_without_dp_and_stays_below_the_accountant_with_it():
     fed = views.make_federation(OPTS, 0)
-    plain = e9_defences.audit(fed, None, 100, 0, 1e-5)
+    plain = e9_defences.audit(fed, None, 60, 0, 1e-5)
     assert plain["eps_lb"] > 1.0 and plain["eps_accountant"] == math.inf
     dp = defences.worker_dp(1.0, 2, 1e-5)
-    got = e9_defences.audit(fed, dp, 100, 0, 1e-5)
+    got = e9_defences.audit(fed, dp, 60, 0, 1e-5)
     assert got["eps_accountant"] == pytest.approx(dp.epsilon(1, 1e-5))
     assert got["eps_lb"] <= got["eps_accountant"]
