@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-import resource
 import statistics
 import time
 
@@ -99,5 +98,12 @@ def rss_mib() -> float:
 
 
 def peak_rss_mib() -> float:
-    """Peak resident set size of this process (ru_maxrss) in MiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident set size of this process image (VmHWM) in MiB.
+
+    Not ``ru_maxrss``: that high-water mark survives fork and exec, so a child
+    started by a large parent would report the parent's peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")

@@ -1,7 +1,7 @@
 """Memory: resident set of 10,000 digits workers, RSS slope over many epochs, recompiles.
 
-Peak RSS is a per-process high-water mark, so each measurement runs in a fresh child
-process: the FEDF vmap simulator and, as the baseline, the bare vmap FedAvg round of
+Peak RSS (VmHWM) is a per-process high-water mark, so each measurement runs in a fresh
+child process: the FEDF vmap simulator and, as the baseline, the bare vmap FedAvg round of
 round_time.py on the same data (digits, MLP 64-128-10, 20 samples per worker). The
 slope run trains a small federation for many epochs, reading every epoch's outputs
 back to the host as the run log does, samples VmRSS and fits MiB per 1,000 epochs

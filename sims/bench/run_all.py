@@ -7,6 +7,7 @@ own scripts (mpi_exchange.py, sharded_scaling.py) and are not run here.
 
     python sims/bench/run_all.py            # full: about 10-15 minutes on 2 cores
     python sims/bench/run_all.py --quick    # a smaller sweep of everything
+    python sims/bench/run_all.py --only memory scaling   # rerun parts, keep the rest
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import memory  # noqa: E402
 import round_time  # noqa: E402
 import scaling  # noqa: E402
 
+PARTS = ["kernels", "round_time", "memory", "scaling"]
+
 
 def _ms(s: float) -> str:
     return f"{1e3 * s:.2f}"
@@ -37,7 +40,7 @@ def markdown(res: dict) -> str:
     out = [
         "# fedf_jax benchmarks", "",
         f"Written by `python sims/bench/run_all.py{' --quick' if res['quick'] else ''}` "
-        f"on {m['date']} in {res['wall_s'] / 60:.1f} min.", "",
+        f"on {m['date']} (last part run in {res['wall_s'] / 60:.1f} min).", "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']:.0f} GiB; "
         f"{m['platform']}; Python {m['python']}, jax {m['jax']}; devices {m['devices']}. "
         f"1-minute load average at the start: {m['load_avg_1m']:.1f} (the box may be shared "
@@ -87,7 +90,7 @@ def markdown(res: dict) -> str:
                        f"{r['scan_compile_s']:.2f} |")
     mem = res["memory"]
     out += ["", "## Memory", "",
-            "Peak resident set (ru_maxrss) of a fresh process that builds the data, compiles "
+            "Peak resident set (VmHWM) of a fresh process that builds the data, compiles "
             "and runs 3 epochs; baseline: the bare FedAvg round in a process of its own. "
             "Target: FEDF <= 4 GiB at 10,000 workers.", "",
             "| run | workers | RSS after data MiB | peak RSS MiB |", "|---|---:|---:|---:|"]
@@ -126,22 +129,30 @@ def main():
     parser.add_argument("--quick", action="store_true", help="smaller sizes everywhere")
     parser.add_argument("--out", default=HERE, help="folder for RESULTS.md, results.json, "
                         "scaling.png (default: next to this script)")
+    parser.add_argument("--only", nargs="+", choices=PARTS, default=PARTS,
+                        help="rerun these parts and keep the others from results.json")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     t0 = time.perf_counter()
-    res = {"machine": common.machine(), "quick": args.quick}
+    res = {}
+    if set(args.only) != set(PARTS):
+        with open(os.path.join(args.out, "results.json")) as f:
+            res = json.load(f)
+    res.update(machine=common.machine(), quick=args.quick)
     m = res["machine"]
     print(f"machine: {m['cpu']}, {m['cores']} cores, jax {m['jax']}, load {m['load_avg_1m']:.1f}")
-    print("[1/4] fused kernels", flush=True)
-    res["kernels"] = kernels.run(args.quick)
-    print("[2/4] round time", flush=True)
-    workers = [100, 1000] if args.quick else [100, 1000, 10_000]
-    res["round_time"] = round_time.run(workers, rounds=10 if args.quick else 0,
-                                       scan_k=10, scan_workers=[100, 1000])
-    print("[3/4] memory", flush=True)
-    res["memory"] = memory.run(args.quick)
-    print("[4/4] scaling", flush=True)
-    res["scaling"] = scaling.run(args.quick, os.path.join(args.out, "scaling.png"))
+    for i, part in enumerate(args.only):
+        print(f"[{i + 1}/{len(args.only)}] {part}", flush=True)
+        if part == "kernels":
+            res["kernels"] = kernels.run(args.quick)
+        elif part == "round_time":
+            workers = [100, 1000] if args.quick else [100, 1000, 10_000]
+            res["round_time"] = round_time.run(workers, rounds=10 if args.quick else 0,
+                                               scan_k=10, scan_workers=[100, 1000])
+        elif part == "memory":
+            res["memory"] = memory.run(args.quick)
+        else:
+            res["scaling"] = scaling.run(args.quick, os.path.join(args.out, "scaling.png"))
     res["wall_s"] = time.perf_counter() - t0
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(res, f, indent=1)
