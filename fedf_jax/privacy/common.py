@@ -130,6 +130,16 @@ def mean_ci95(values: Sequence[float]) -> tuple[float, float, float]:
     return m, m - half, m + half
 
 
+def conclude(refute: Sequence[str], support: bool, supported: str, inconclusive: str,
+             most: int = 4) -> tuple[str, str]:
+    """(verdict, reason) from a criterion's findings: refuted if any refuting cell was
+    found (the first ``most`` are named), supported if every cell met the support bar,
+    inconclusive otherwise."""
+    if refute:
+        return "refuted", "Refuted: " + "; ".join(refute[:most]) + "."
+    return ("supported", supported) if support else ("inconclusive", inconclusive)
+
+
 def row(arm: str, setting: str, metric: str, values: Sequence[float]) -> Row:
     """A Row from the per-seed values of one cell."""
     m, lo, hi = mean_ci95(values)

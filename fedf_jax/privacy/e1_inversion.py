@@ -44,7 +44,7 @@ from flax import nnx
 from fedf_jax import worker
 from fedf_jax.models import MLP
 from fedf_jax.privacy import metrics, views
-from fedf_jax.privacy.common import Options, Result, mean_ci95, row
+from fedf_jax.privacy.common import Options, Result, conclude, mean_ci95, row
 
 TITLE = "The master inverts the pilot's full local update"
 CLAIM = ("Theorem 2: with private learning rates and batch sizes, an honest-but-curious master "
@@ -362,8 +362,6 @@ def _verdict(cells, arms) -> tuple[str, str]:
                 refute.append(f"{arm} {setting}: {metric} {m:.2f} (chance {chance:.3f})")
             if lo > chance:
                 support = False
-    if refute:
-        return "refuted", "Refuted: " + "; ".join(refute[:4]) + "."
-    if support:
-        return "supported", "Supported: no FEDF reconstruction beat chance."
-    return "inconclusive", "Inconclusive: some leakage above chance, below the refutation bar."
+    return conclude(refute, support,
+                    "Supported: no FEDF reconstruction beat chance.",
+                    "Inconclusive: some leakage above chance, below the refutation bar.", most=4)

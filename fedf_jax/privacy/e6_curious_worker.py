@@ -26,7 +26,7 @@ from collections.abc import Callable
 import numpy as np
 
 from fedf_jax.privacy import e1_inversion, metrics, stats, views
-from fedf_jax.privacy.common import Options, Result, mean_ci95, row
+from fedf_jax.privacy.common import Options, Result, conclude, mean_ci95, row
 
 TITLE = "A curious worker inverts the global step P^t - P^{t-1}"
 CLAIM = ("Theorem 3: an honest-but-curious worker has no information on the private data of "
@@ -136,8 +136,6 @@ def _verdict(vals) -> tuple[str, str]:
                 refute.append(f"{arm} {st}: class F1 {m:.2f} vs chance {chance:.2f}")
             if abs(m - chance) > 0.1:
                 support = False
-    if refute:
-        return "refuted", "Refuted: " + "; ".join(refute[:4]) + "."
-    if support:
-        return "supported", "Supported: the curious worker learns nothing above chance."
-    return "inconclusive", "Inconclusive: some leakage, below the refutation bar."
+    return conclude(refute, support,
+                    "Supported: the curious worker learns nothing above chance.",
+                    "Inconclusive: some leakage, below the refutation bar.", most=4)

@@ -35,7 +35,7 @@ import numpy as np
 
 from fedf_jax import protocol
 from fedf_jax.privacy import e1_inversion, metrics, views
-from fedf_jax.privacy.common import Options, Result, mean_ci95, row
+from fedf_jax.privacy.common import Options, Result, conclude, mean_ci95, row
 
 TITLE = "Colluding workers recover the victim's ternary vector or its model"
 CLAIM = ("Theorem 4: FEDF preserves a worker's privacy against up to N-2 colluding workers "
@@ -319,9 +319,7 @@ def _verdict(vals) -> tuple[str, str]:
             refute.append(f"{arm} {st}: {m:.3f} right vs {base:.3f} by a constant guess")
         if abs(m - base) > 0.05:
             support = False
-    if refute:
-        return "refuted", "Refuted: " + "; ".join(refute[:3]) + "."
-    if support:
-        return "supported", "Supported: N-2 colluders do no better than a constant guess."
-    return "inconclusive", "Inconclusive: N-2 recovery differs from a constant guess, " \
-        "within the 95 % intervals."
+    return conclude(refute, support,
+                    "Supported: N-2 colluders do no better than a constant guess.",
+                    "Inconclusive: N-2 recovery differs from a constant guess, within the "
+                    "95 % intervals.", most=3)

@@ -28,7 +28,7 @@ from collections.abc import Callable
 import numpy as np
 
 from fedf_jax.privacy import e7_collusion, views
-from fedf_jax.privacy.common import Options, Result, mean_ci95, row
+from fedf_jax.privacy.common import Options, Result, conclude, mean_ci95, row
 
 TITLE = "Lying colluders steer the pilot choice and the weights"
 CLAIM = ("Theorem 4 (with self-reported C_k and S_k): N-2 colluders cannot single out the "
@@ -144,8 +144,6 @@ def _verdict(vals, arms) -> tuple[str, str]:
                               f"{pm:.0%} of epochs")
             if m < 0.5:
                 support = False
-    if refute:
-        return "refuted", "Refuted: " + "; ".join(refute[:3]) + "."
-    if support:
-        return "supported", "Supported: no lie recovered the victim's update."
-    return "inconclusive", "Inconclusive: partial recovery, below the refutation bar."
+    return conclude(refute, support,
+                    "Supported: no lie recovered the victim's update.",
+                    "Inconclusive: partial recovery, below the refutation bar.", most=3)
