@@ -118,8 +118,10 @@ def markdown(res: dict) -> str:
                        f"{r['ratio']:.2f} | {r['fedf_compiled_bytes'] / 2**20:.1f} |")
     out.append("")
     for name, f in sc["fits"].items():
-        out.append(f"- {name}: time slope {f['time_slope']:.2f}, memory slope "
-                   f"{f['memory_slope']:.2f}")
+        fedavg = f.get("fedavg_time_slope")
+        out.append(f"- {name}: FEDF time slope {f['time_slope']:.2f}"
+                   + (f" (bare FedAvg {fedavg:.2f})" if fedavg is not None else "")
+                   + f", memory slope {f['memory_slope']:.2f}")
     out.append("")
     return "\n".join(out)
 

@@ -116,10 +116,13 @@ def run(quick: bool = False, plot_path: str | None = None, log=print) -> dict:
         big = fitted(rows)
         fits[name] = {
             "time_slope": loglog_slope([r["NM"] for r in big], [r["fedf_median_s"] for r in big]),
+            "fedavg_time_slope": loglog_slope([r["NM"] for r in big],
+                                              [r["fedavg_median_s"] for r in big]),
             "memory_slope": loglog_slope([r["NM"] for r in big],
                                          [r["fedf_compiled_bytes"] for r in big]),
             "fitted_points": [r["NM"] for r in big]}
-        log(f"  {name}: log-log slope vs N*M: time {fits[name]['time_slope']:.2f}, "
+        log(f"  {name}: log-log slope vs N*M: time {fits[name]['time_slope']:.2f} "
+            f"(FedAvg {fits[name]['fedavg_time_slope']:.2f}), "
             f"memory {fits[name]['memory_slope']:.2f}", flush=True)
     path = plot_path or os.path.join(HERE, "scaling.png")
     plot(sweeps, path)
