@@ -139,7 +139,7 @@ def hits(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return right.reshape(right.shape[0], -1).mean(axis=1)
 
 
-def _shuffle(key: jax.Array, size: jax.Array, capacity: int) -> jax.Array:
+def shuffle(key: jax.Array, size: jax.Array, capacity: int) -> jax.Array:
     """A random order of the first ``size`` of ``capacity`` rows, padding rows last.
 
     With JAX's partitionable threefry (the default), the i-th uniform of a draw
@@ -170,7 +170,7 @@ def local_train(model: Model, kind: str, shapes: Shapes, p: jax.Array, opt_state
     """
     tx = make_optimizer(kind, hp)
     capacity = x.shape[0]
-    perms = jax.vmap(lambda e: _shuffle(jax.random.fold_in(key, e), size, capacity))(
+    perms = jax.vmap(lambda e: shuffle(jax.random.fold_in(key, e), size, capacity))(
         jnp.arange(shapes.local_epochs))
     n_batches = jnp.maximum((size + hp.batch_size - 1) // hp.batch_size, 1)
     total = hp.local_epochs * n_batches * (size > 0)  # an empty (padding) worker: no steps

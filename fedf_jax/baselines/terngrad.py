@@ -109,7 +109,7 @@ def epoch(model, tx, steps: int, batch: int, state: State, data: Data):
     n_tr = model.num_trainable
     keys = jax.vmap(worker.worker_key, in_axes=(None, None, 0))(data.train_key, state.epoch,
                                                                 data.ids)
-    perms = jax.vmap(lambda k, s: worker._shuffle(jax.random.fold_in(k, 0), s, capacity))(
+    perms = jax.vmap(lambda k, s: worker.shuffle(jax.random.fold_in(k, 0), s, capacity))(
         keys, data.sizes)
     n_batches = jnp.where(data.sizes > 0, (data.sizes + data.batch - 1) // data.batch, 0)
     rows = jnp.arange(batch)
