@@ -121,8 +121,10 @@ def _curves(groups: Groups, path: Path, key: str, ylabel: str, title: str,
             ax.axhline(target, color="gray", linestyle=":", linewidth=1.0,
                        label=f"target {target:.4f}")
         ax.set_title(f"{data} / {model}" + (f", N = {n}" if n is not None else ""))
-        ax.set_xlabel("cumulative modeled time (s)" if x_time else "global epoch")
-        if not x_time:
+        ax.set_xlabel("cumulative modeled time (s, log scale)" if x_time else "global epoch")
+        if x_time:  # methods differ by orders of magnitude in time per epoch
+            ax.set_xscale("log")
+        else:
             ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)
         if log_y:
