@@ -35,8 +35,9 @@ class Runner(NamedTuple):
       record: ``(outputs, wall_s) -> dict``: the run-log fields of one epoch.
       params: ``state -> f32[M]`` the global model.
       chunk: the most epochs one ``step`` call runs.
-      compile_s: seconds spent compiling ahead of epoch 1 (kept out of ``wall_s`` and
-        ``modeled_s``: a deployed worker compiles once, before training).
+      compile_s: seconds spent compiling (and running each program once, on copies)
+        ahead of epoch 1, kept out of ``wall_s`` and ``modeled_s``: a deployed worker
+        compiles once, before training.
     """
 
     step: Callable[[Any, int], tuple[Any, list[dict[str, Any]]]]
@@ -49,8 +50,9 @@ class Runner(NamedTuple):
 
 
 class Compiler:
-    """Compiles jitted functions ahead of time for given arguments and adds up the
-    seconds (tracing included), so that no epoch's wall time holds a compile."""
+    """Compiles jitted functions ahead of time for given arguments, runs each once on
+    copies of them (the first execution of a program allocates and warms up), and adds
+    up the seconds, so that no epoch's wall time holds a compile or a first call."""
 
     def __init__(self):
         self.seconds = 0.0
@@ -58,6 +60,8 @@ class Compiler:
     def __call__(self, jitted, *args):
         t0 = time.perf_counter()
         compiled = jitted.lower(*args).compile()
+        copies = jax.tree.map(lambda a: a.copy() if isinstance(a, jax.Array) else a, args)
+        jax.block_until_ready(compiled(*copies))
         self.seconds += time.perf_counter() - t0
         return compiled
 
@@ -75,7 +79,7 @@ def epoch_record(out: dict[str, Any], counted: codec.EpochBytes, wall_s: float,
       pilot, goodness, nonzero_fraction, dropped: FEDF's fields (none for baselines:
         -1, NaN, NaN and empty, written as -1, nulls and []).
     """
-    costs = np.asarray(out["costs"], np.float64)
+    costs = np.atleast_1d(np.asarray(out["costs"], np.float64))
     return {
         "type": "epoch", "epoch": int(out["epoch"]), "pilot": int(pilot),
         "costs": costs,

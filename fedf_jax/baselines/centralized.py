@@ -80,7 +80,7 @@ def make_runner(cfg, s) -> Runner:
         for _ in range(n):
             p, opt_state, cost, loss, acc = step(p, opt_state, gd, data.x_test, data.y_test,
                                                  data.train_key, np.int32(t))
-            outs.append(host_outputs({"costs": cost[None], "test_loss": loss,
+            outs.append(host_outputs({"costs": cost, "test_loss": loss,
                                       "test_accuracy": acc}, t))
             t += 1
         return (p, opt_state, t), outs

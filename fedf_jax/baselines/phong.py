@@ -78,7 +78,7 @@ def make_runner(cfg, s) -> Runner:
                 finite.append(ok)
             loss, acc = evaluate(p)
             state = State(p, tuple(opt_states), jnp.int32(t + 1))
-            outs.append(host_outputs({"costs": np.full(n, np.nan), "finite": jnp.stack(finite),
+            outs.append(host_outputs({"costs": np.full(n, np.nan), "finite": finite,
                                       "test_loss": loss, "test_accuracy": acc}, t))
         return state, outs
 
