@@ -86,6 +86,19 @@ def test_float_lanes_decode_every_byte_like_the_spec(scheme):
     np.testing.assert_array_equal(got, np.asarray(codec.unpack_jnp(buf, 256 * per, scheme)))
 
 
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_float_lanes_keep_leading_axes_and_cut_the_tail(scheme):
+    """Rows [3, B] decode row by row; n not a multiple of the trits per byte."""
+    per = codec._PER_BYTE[scheme]
+    rng = np.random.default_rng(7)
+    n = 5 * per + 2
+    t = rng.integers(-1, 2, size=(3, n)).astype(np.int8)
+    buf = np.stack([ref_pack(row, scheme) for row in t])
+    got = np.asarray(codec.unpack_f32_jnp(jnp.asarray(buf), n, scheme))
+    assert got.shape == (3, n)
+    np.testing.assert_array_equal(got, t.astype(np.float32))
+
+
 # ------------------------------------------------------------------ worker kernel
 
 
