@@ -51,6 +51,7 @@ CRITERION = ("Refuted if, in a FEDF arm, the membership AUC of the master's or t
 SCORES = ("master-agree", "master-lira", "worker-agree")
 ALL_SIZE = 64  # n_k used for "all" (0): a victim holding this many candidates
 SHADOWS_PER_SIDE = 8  # LiRA shadow workers with / without each candidate per round ...
+SWEEP_AT = (1, 16)  # n_k where local epochs and batch size are swept (1 leaks most)
 SHADOW_BUDGET = 512  # ... at most this many shadow workers per round (fewer per side for
 # large n_k, at least 2)
 
@@ -131,14 +132,18 @@ def attack_scores(fed: views.Federation, arm: str, rounds_seen: list[views.Round
 
 def run(opts: Options, seed0: int = 0, progress: Callable[[str], None] | None = None
         ) -> Result:
-    """E4 over arms x n_k; members and non-members pooled per seed."""
+    """E4 over arms x (n_k, local epochs, batch); members and non-members pooled per seed.
+    Local epochs and batch are swept at the n_k of ``SWEEP_AT``."""
     sizes = tuple(ALL_SIZE if n == 0 else n for n in ((4,) if opts.quick else opts.n_local))
     seeds = range(seed0, seed0 + (min(opts.seeds, 2) if opts.quick else opts.seeds))
     repeats = 2 if opts.quick else 4  # attacked worker data sets per seed
     per_side = 4 if opts.quick else SHADOWS_PER_SIDE
     rows: list[Row] = []
     pooled: dict = {}
-    for n_k in sizes:
+    recipes = views.recipe_cells(opts, sizes, () if opts.quick else
+                                 [n for n in SWEEP_AT if n in sizes])
+    for n_k, epochs, batch in recipes:
+        label = views.recipe_label(n_k, epochs, batch)
         per_seed: dict[tuple[str, str, str], list[float]] = {}
         for seed in seeds:
             scored: dict[tuple[str, str], list[np.ndarray]] = {}
@@ -149,7 +154,7 @@ def run(opts: Options, seed0: int = 0, progress: Callable[[str], None] | None = 
                 pick = rng.choice(len(fed.y_test), 2 * n_k, replace=False)
                 cand_x, cand_y = fed.x_test[pick], fed.y_test[pick]
                 member = np.arange(2 * n_k) < n_k
-                fed = views.make_federation(opts, seed,
+                fed = views.make_federation(opts, seed, local_epochs=epochs, batch_size=batch,
                                             victim_data=(cand_x[member], cand_y[member]))
                 labels_all.append(member)
                 for arm in opts.arms:
@@ -161,22 +166,22 @@ def run(opts: Options, seed0: int = 0, progress: Callable[[str], None] | None = 
             labels = np.concatenate(labels_all)
             for (arm, name), parts in scored.items():
                 s = np.concatenate(parts)
-                pooled.setdefault((arm, n_k, name), ([], []))
-                pooled[(arm, n_k, name)][0].append(labels)
-                pooled[(arm, n_k, name)][1].append(s)
+                pooled.setdefault((arm, label, name), ([], []))
+                pooled[(arm, label, name)][0].append(labels)
+                pooled[(arm, label, name)][1].append(s)
                 per_seed.setdefault((arm, name, "auc"), []).append(stats.roc_auc(labels, s))
                 per_seed.setdefault((arm, name, "tpr@1%fpr"), []).append(
                     stats.tpr_at_fpr(labels, s, 0.01))
             if progress:
-                progress(f"E4 n_k={n_k} seed={seed} done")
-        rows += [row(arm, f"n_k={n_k} {name}", metric, vals)
+                progress(f"E4 {label} seed={seed} done")
+        rows += [row(arm, f"{label} {name}", metric, vals)
                  for (arm, name, metric), vals in per_seed.items()]
     pooled_rows = []
-    for (arm, n_k, name), (ls, ss) in pooled.items():
+    for (arm, label, name), (ls, ss) in pooled.items():
         lab, sc = np.concatenate(ls), np.concatenate(ss)
-        pooled_rows.append(row(arm, f"n_k={n_k} {name} pooled", "auc",
+        pooled_rows.append(row(arm, f"{label} {name} pooled", "auc",
                                [stats.roc_auc(lab, sc)]))
-        pooled_rows.append(row(arm, f"n_k={n_k} {name} pooled", "tpr@1%fpr",
+        pooled_rows.append(row(arm, f"{label} {name} pooled", "tpr@1%fpr",
                                [stats.tpr_at_fpr(lab, sc, 0.01)]))
     verdict, notes = _verdict(rows)
     notes += (f" Per seed: {repeats} attacked data sets x 2 n_k candidates; pooled rows join "
@@ -187,7 +192,7 @@ def run(opts: Options, seed0: int = 0, progress: Callable[[str], None] | None = 
               "sign (an adversary calibrating on shadow runs gets 1 - AUC); the criterion, "
               "fixed beforehand, counts only AUC above 0.5.")
     return Result("E4", TITLE, CLAIM, CRITERION, rows + pooled_rows, verdict, notes,
-                  extra={"sizes": list(sizes), "repeats": repeats,
+                  extra={"sizes": list(sizes), "recipes": recipes, "repeats": repeats,
                          "shadows_per_side_max": per_side, "shadow_budget": SHADOW_BUDGET})
 
 

@@ -75,50 +75,63 @@ def property_classifier(fed: views.Federation, arm: str, view: views.RoundView, 
 
 def run(opts: Options, seed0: int = 0, progress: Callable[[str], None] | None = None
         ) -> Result:
-    """E5 over arms: attacked workers with and without the property, per seed."""
+    """E5 over arms x (local epochs, batch) at n_k = ``N_LOCAL`` (the recipe swept one knob
+    at a time): attacked workers with and without the property, per seed."""
     seeds = range(seed0, seed0 + (1 if opts.quick else opts.seeds))
     repeats = 2 if opts.quick else 4  # attacked workers per side and seed
     shadows = 48 if opts.quick else SHADOWS
-    n_k = N_LOCAL
-    per_seed: dict[tuple[str, str], list[float]] = {}
-    pooled: dict[str, tuple[list, list]] = {}
+    recipes = views.recipe_cells(opts, (N_LOCAL,), () if opts.quick else (N_LOCAL,))
+    per_seed: dict[tuple[str, str, str], list[float]] = {}
+    pooled: dict[tuple[str, str], tuple[list, list]] = {}
     for seed in seeds:
         base = views.make_federation(opts, seed)
         test_bold = bold(base.x_test, base.y_test)
-        scores: dict[str, list[float]] = {}
-        labels = []
-        for rep in range(repeats):
-            for has in (True, False):
-                rng = np.random.default_rng([seed, rep, int(has), 50])
-                pick = rng.choice(np.flatnonzero(test_bold == has), n_k, replace=False)
-                fed = views.make_federation(opts, seed, victim_data=(base.x_test[pick],
-                                                                     base.y_test[pick]))
-                labels.append(has)
-                for arm in opts.arms:
-                    p = []
-                    for v in views.run_arm(fed, arm, opts.rounds, seed):
-                        clf = property_classifier(fed, arm, v, n_k, seed + 1000 * rep, shadows)
-                        u = _normalise(observed_update(v, 0)[None])
-                        p.append(float(clf.predict_proba(u)[0, 1]))
-                    scores.setdefault(arm, []).append(float(np.mean(p)))
-        lab = np.array(labels)
-        for arm, s in scores.items():
-            per_seed.setdefault((arm, "auc"), []).append(stats.roc_auc(lab, s))
-            pooled.setdefault(arm, ([], []))
-            pooled[arm][0].append(lab)
-            pooled[arm][1].append(np.array(s))
-        if progress:
-            progress(f"E5 seed={seed} done")
-    setting = f"n_k={n_k} bold-vs-thin"
-    rows = [row(arm, setting, metric, vals) for (arm, metric), vals in per_seed.items()]
+        aux_bold = bold(base.x_aux, base.y_aux)
+        n_k = min(N_LOCAL, *(int(np.sum(b == has)) for b in (test_bold, aux_bold)
+                             for has in (True, False)))
+        if n_k < 2:
+            raise ValueError(f"E5 needs >= 2 bold and >= 2 thin images in the test and "
+                             f"auxiliary data of `{opts.data}`; it has {n_k}: use a larger "
+                             "data set.")
+        for _, epochs, batch in recipes:
+            setting = f"{views.recipe_label(n_k, epochs, batch)} bold-vs-thin"
+            scores: dict[str, list[float]] = {}
+            labels = []
+            for rep in range(repeats):
+                for has in (True, False):
+                    rng = np.random.default_rng([seed, rep, int(has), 50])
+                    pick = rng.choice(np.flatnonzero(test_bold == has), n_k, replace=False)
+                    fed = views.make_federation(opts, seed, local_epochs=epochs,
+                                                batch_size=batch,
+                                                victim_data=(base.x_test[pick],
+                                                             base.y_test[pick]))
+                    labels.append(has)
+                    for arm in opts.arms:
+                        p = []
+                        for v in views.run_arm(fed, arm, opts.rounds, seed):
+                            clf = property_classifier(fed, arm, v, n_k, seed + 1000 * rep,
+                                                      shadows)
+                            u = _normalise(observed_update(v, 0)[None])
+                            p.append(float(clf.predict_proba(u)[0, 1]))
+                        scores.setdefault(arm, []).append(float(np.mean(p)))
+            lab = np.array(labels)
+            for arm, s in scores.items():
+                per_seed.setdefault((arm, setting, "auc"), []).append(stats.roc_auc(lab, s))
+                pooled.setdefault((arm, setting), ([], []))
+                pooled[(arm, setting)][0].append(lab)
+                pooled[(arm, setting)][1].append(np.array(s))
+            if progress:
+                progress(f"E5 {setting} seed={seed} done")
+    rows = [row(arm, setting, metric, vals) for (arm, setting, metric), vals in per_seed.items()]
     rows += [row(arm, setting + " pooled", "auc", [stats.roc_auc(np.concatenate(ls),
                                                                  np.concatenate(ss))])
-             for arm, (ls, ss) in pooled.items()]
+             for (arm, setting), (ls, ss) in pooled.items()]
     verdict, notes = _verdict(rows)
     notes += (f" {repeats} attacked workers per side and seed; {shadows} shadow workers per "
               "round; logistic regression on L2-normalised, standardised messages.")
     return Result("E5", TITLE, CLAIM, CRITERION, rows, verdict, notes,
-                  extra={"repeats": repeats, "shadows": shadows, "n_local": n_k})
+                  extra={"repeats": repeats, "shadows": shadows, "n_local": n_k,
+                         "recipes": recipes})
 
 
 def _verdict(rows: list[Row]) -> tuple[str, str]:
@@ -126,7 +139,8 @@ def _verdict(rows: list[Row]) -> tuple[str, str]:
     leaks = [r for r in fedf if r.lo > 0.5 and r.mean >= 0.6]
     if leaks:
         best = max(leaks, key=lambda r: r.mean)
-        return "refuted", (f"{best.arm} reveals the property: AUC {best.mean:.2f} "
+        return "refuted", (f"{best.arm} {best.setting} reveals the property: AUC "
+                           f"{best.mean:.2f} "
                            f"[{best.lo:.2f}, {best.hi:.2f}].")
     if all(r.hi < 0.6 for r in fedf):
         return "supported", "Every FEDF cell's AUC interval lies below 0.6."

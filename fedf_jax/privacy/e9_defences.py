@@ -52,6 +52,9 @@ CRITERION = ("Refuted if, for a worker-DP arm, the audited epsilon lower bound (
 
 PILOT_NOISE = 0.02  # std of the pilot-noise defence, per parameter
 DP_EPS = (1.0, 8.0, math.inf)
+# FedAvg with the same worker-level DP: is the accuracy cost FEDF's (one noised model
+# becomes P^t) or DP's (FedAvg averages N noised models)?
+FEDAVG_DP = tuple(f"fedavg+dp{e:g}" for e in DP_EPS if math.isfinite(e))
 ACC_ROUNDS = 10
 CANARY_BASE = 8  # the audited worker's samples besides the canary / its replacement
 
@@ -112,7 +115,7 @@ def run(opts: Options, seed0: int = 0, progress: Callable[[str], None] | None = 
     seeds = range(seed0, seed0 + (1 if opts.quick else opts.seeds))
     rounds = 3 if opts.quick else ACC_ROUNDS
     trials = 100 if opts.quick else 400
-    arm_list = ("fedavg",) + arms()
+    arm_list = ("fedavg",) + arms() + FEDAVG_DP
     cells: dict[tuple[str, str, str], list[float]] = {}
     audits: dict[str, list[dict]] = {}
 
@@ -145,7 +148,7 @@ def run(opts: Options, seed0: int = 0, progress: Callable[[str], None] | None = 
                 d = np.asarray(sample_directions(fed.model, v.p_prev, cand_x, cand_y))
                 score += cosines(observed_update(v, 0), d)
             add(arm, f"R={opts.rounds}", "e4_member_auc", stats.roc_auc(member, score))
-            if arm != "fedavg":
+            if not arm.startswith("fedavg"):  # FedAvg+DP releases the same noised update
                 a = audit(fed, defence, trials, seed, opts.delta)
                 audits.setdefault(arm, []).append(a)
                 add(arm, "one round", "audited_eps_lb", a["eps_lb"])
@@ -158,8 +161,11 @@ def run(opts: Options, seed0: int = 0, progress: Callable[[str], None] | None = 
             progress(f"E9 seed={seed} done")
     rows = [row(arm, setting, metric, vals) for (arm, setting, metric), vals in cells.items()]
     verdict, notes = _verdict(rows)
+    notes += _fedavg_dp_note(rows)
     notes += (" The accountant's epsilon is inf (no row) for FEDF without defence, with pilot "
-              "noise and with clipping only (dpinf).")
+              "noise and with clipping only (dpinf). The fedavg+dp arms apply the same "
+              "worker-level DP to every FedAvg worker; their release is the audited one of "
+              "the FEDF DP arm at the same epsilon (not audited again).")
     notes += (f" Audit: {trials} runs with and {trials} without the canary per seed; the "
               "largest bound CP intervals allow with this many runs is about "
               f"{math.log(trials / 3.7):.1f}. Accountant epsilons assume replace-one "
@@ -168,6 +174,17 @@ def run(opts: Options, seed0: int = 0, progress: Callable[[str], None] | None = 
     return Result("E9", TITLE, CLAIM, CRITERION, rows, verdict, notes,
                   extra={"audits": {k: v for k, v in audits.items()}, "rounds": rounds,
                          "trials": trials})
+
+
+def _fedavg_dp_note(rows: list[Row]) -> str:
+    """One sentence: test accuracy of FEDF and FedAvg under worker DP at each epsilon."""
+    acc = {r.arm: r.mean for r in rows if r.metric == "test_accuracy"}
+    parts = [f"eps {a[len('fedavg+dp'):]}: FEDF {acc.get('fedf+1' + a[6:], math.nan):.3f}, "
+             f"FedAvg {acc[a]:.3f}" for a in FEDAVG_DP if a in acc]
+    if not parts:
+        return ""
+    return (" Test accuracy under worker DP, FEDF vs FedAvg (same clip and noise per worker): "
+            + "; ".join(parts) + ".")
 
 
 def _verdict(rows: list[Row]) -> tuple[str, str]:

@@ -223,6 +223,34 @@ def make_federation(opts: Options, seed: int, *, victim_size: int = 0, local_epo
                       ds.y_test.astype(np.int32), np.asarray(model.init(init_key)))
 
 
+def recipe_cells(opts: Options, n_local: Sequence[int], sweep_at: Sequence[int]
+                 ) -> list[tuple[int, int, int]]:
+    """(n_k, local epochs, batch) cells of an experiment's sweep.
+
+    Every n_k in ``n_local`` runs the base recipe (the first of ``opts.local_epochs``,
+    batch 8 if ``opts.batch_sizes`` holds it, else its first); at each n_k of
+    ``sweep_at`` the local epochs and then the batch sizes of ``opts`` are swept one
+    at a time around the base. A batch size that cannot differ from the base's for
+    n_k samples (both >= n_k: one full batch either way) is left out.
+
+    Returns:
+      The cells in order, without repeats.
+    """
+    e0 = opts.local_epochs[0]
+    b0 = 8 if 8 in opts.batch_sizes else opts.batch_sizes[0]
+    cells = [(n, e0, b0) for n in n_local]
+    for n in sweep_at:
+        cells += [(n, e, b0) for e in opts.local_epochs]
+        cells += [(n, e0, b) for b in opts.batch_sizes
+                  if n <= 0 or min(b, n) != min(b0, n)]
+    return list(dict.fromkeys(cells))
+
+
+def recipe_label(n_k: int, local_epochs: int, batch: int) -> str:
+    """``"n_k=16 E=1 B=8"`` (``n_k=all`` for 0)."""
+    return f"n_k={n_k or 'all'} E={local_epochs} B={batch}"
+
+
 def parse_arm(arm: str) -> tuple[str, str]:
     """(base arm, defence suffix): ``"fedf+1+dp8"`` -> ``("fedf+1", "+dp8")``."""
     for base in sorted(BASE_ARMS, key=len, reverse=True):

@@ -74,12 +74,15 @@ def defence_costs(results: dict[str, Result]) -> list[str]:
         eps = {r.arm: r.mean for r in e9.rows if r.metric == "accountant_eps_all_rounds"}
         ref = next((acc[a].mean for a in acc if a.startswith("fedf") and "+" not in a[6:]),
                    np.nan)
-        lines += ["| arm (E9) | test accuracy | 95 % interval | cost vs FEDF | epsilon "
-                  "(all rounds, accountant) |", "|---|---:|---|---:|---:|"]
+        lines += ["| arm (E9) | test accuracy | 95 % interval | cost vs FEDF | cost vs the "
+                  "same protocol undefended | epsilon (all rounds, accountant) |",
+                  "|---|---:|---|---:|---:|---:|"]
         for arm, r in acc.items():
             e = eps.get(arm)
+            base = acc.get(_base_arm(arm))
+            own = "" if base is None else f"{base.mean - r.mean:+.3f}"
             lines.append(f"| {arm} | {r.mean:.3f} | [{r.lo:.3f}, {r.hi:.3f}] | "
-                         f"{ref - r.mean:+.3f} | {'' if e is None else f'{e:.3g}'} |")
+                         f"{ref - r.mean:+.3f} | {own} | {'' if e is None else f'{e:.3g}'} |")
     else:
         lines.append("E9 was not run: no accuracy cost of the defences here.")
     e8 = results.get("E8")
@@ -91,6 +94,14 @@ def defence_costs(results: dict[str, Result]) -> list[str]:
                 lines.append(f"| {r.setting} | {r.arm} | {r.mean:+.3f} | "
                              f"[{r.lo:.3f}, {r.hi:.3f}] |")
     return lines
+
+
+def _base_arm(arm: str) -> str:
+    """The arm without its defence suffix: ``fedavg+dp8`` -> ``fedavg``."""
+    for suffix in ("+dp", "+pilotnoise"):
+        if suffix in arm:
+            return arm[:arm.index(suffix)]
+    return arm
 
 
 def plot(result: Result, path: Path) -> None:
