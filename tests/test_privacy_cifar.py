@@ -1,5 +1,6 @@
 """The privacy experiments on CIFAR-10 (``--data-dir``): a tiny folder in the official
-binary format, built in tmp_path, run end to end; E1-free refusals are one-line errors."""
+binary format, built in tmp_path, run end to end; the experiments that need the MLP's
+dense first layer refuse it with a one-line error."""
 
 import numpy as np
 import pytest
@@ -53,7 +54,6 @@ def test_cnn_only_experiments_refuse_cifar_with_one_line(cifar_dir, capsys):
         assert "Traceback" not in "\n".join(err)
 
 
-@pytest.mark.slow
 def test_e2_runs_end_to_end_on_a_tiny_cifar10_folder(cifar_dir, tmp_path):
     root, records = cifar_dir
     opts = experiments.make_options(quick=True, seeds=1, arms=("fedavg", "fedf+1"),

@@ -198,3 +198,18 @@ def test_bad_federation_arguments_are_named():
         views.make_federation(OPTS, 0, victim_classes=[42])
     with pytest.raises(ValueError, match="rounds"):
         views.run_arm(views.make_federation(OPTS, 0), "fedavg", 0, 0)
+
+
+def test_recipe_cells_sweep_one_knob_at_a_time():
+    opts = Options()  # n_k (1, 4, 16, all), E (1, 5), B (1, 8, 32)
+    cells = views.recipe_cells(opts, opts.n_local, (1, 16))
+    assert cells == [(1, 1, 8), (4, 1, 8), (16, 1, 8), (0, 1, 8),
+                     (1, 5, 8),  # n_k = 1: every batch size is one full batch, B not swept
+                     (16, 5, 8), (16, 1, 1), (16, 1, 32)]
+    quick = dataclasses.replace(opts, local_epochs=(1,), batch_sizes=(8,))
+    assert views.recipe_cells(quick, (1, 4), (1, 4)) == [(1, 1, 8), (4, 1, 8)]
+    # n_k = 4: B = 8 and B = 32 are both one batch of 4; B = 1 differs; "all" sweeps all
+    other = dataclasses.replace(opts, batch_sizes=(32, 1, 8))
+    assert views.recipe_cells(other, (4, 0), (4, 0)) == [
+        (4, 1, 8), (0, 1, 8), (4, 5, 8), (4, 1, 1), (0, 5, 8), (0, 1, 32), (0, 1, 1)]
+    assert views.recipe_label(0, 5, 32) == "n_k=all E=5 B=32"
