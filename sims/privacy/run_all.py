@@ -111,9 +111,13 @@ def plot(result: Result, path: Path) -> None:
                                  if not r.metric.endswith("_chance")))[:MAX_PANELS]
     if not metrics:
         return
-    cols = min(3, len(metrics))
+    most = max(len({r.setting for r in result.rows if r.metric == m}) for m in metrics)
+    # many settings: one panel per row, as wide as its bars need
+    cols = min(3, len(metrics)) if most <= 12 else 1
+    width_in = 5.2 if most <= 12 else min(2.0 + 0.3 * most, 30.0)
     rows_n = -(-len(metrics) // cols)
-    fig, axes = plt.subplots(rows_n, cols, figsize=(5.2 * cols, 3.6 * rows_n), squeeze=False)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(width_in * cols, 3.6 * rows_n),
+                             squeeze=False)
     for ax, metric in zip(axes.flat, metrics, strict=False):
         cells = [r for r in result.rows if r.metric == metric]
         settings = list(dict.fromkeys(r.setting for r in cells))
@@ -126,7 +130,8 @@ def plot(result: Result, path: Path) -> None:
             lo = np.array([by[s].lo if s in by else np.nan for s in settings])
             hi = np.array([by[s].hi if s in by else np.nan for s in settings])
             err = np.nan_to_num(np.stack([m - lo, hi - m]), nan=0.0).clip(min=0)
-            ax.bar(x, m, width, yerr=err, capsize=2, label=arm)
+            ax.bar(x, m, width, yerr=err, capsize=1, error_kw={"elinewidth": 0.6},
+                   label=arm)
         ax.set_title(metric, fontsize=9)
         ax.set_xticks(np.arange(len(settings)))
         ax.set_xticklabels(settings, rotation=35, ha="right", fontsize=6)
