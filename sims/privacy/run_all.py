@@ -1,6 +1,6 @@
 """Runs the privacy experiments E1-E9 and writes RESULTS.md plus one plot per experiment.
 
-    python sims/privacy/run_all.py            # the suite (about 30 min on 2 CPU cores)
+    python sims/privacy/run_all.py            # the suite (7-13 min on 2 shared CPU cores)
     python sims/privacy/run_all.py --quick    # a CI-size check (a few minutes)
     python sims/privacy/run_all.py --only E1,E7 --seeds 3
 
