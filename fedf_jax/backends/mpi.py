@@ -173,11 +173,21 @@ def _who(ranks: Sequence[int]) -> str:
     return f"rank {ranks[0]}" if len(ranks) == 1 else "ranks " + ", ".join(map(str, ranks))
 
 
+ABORT_GRACE = 0.5  # seconds between the last line written and MPI_Abort
+
+
+def _abort(code: int) -> None:
+    """Ends the whole MPI job, after giving mpiexec time to forward what this rank wrote
+    (Abort kills every process at once: a line still on its way would be lost)."""
+    time.sleep(ABORT_GRACE)
+    MPI.COMM_WORLD.Abort(code)
+
+
 def _fatal(message: str, code: int) -> None:
     """Prints one line to stderr and ends the whole MPI job."""
     sys.stderr.write(message.rstrip("\n") + "\n")
     sys.stderr.flush()
-    MPI.COMM_WORLD.Abort(code)
+    _abort(code)
 
 
 class Link:
@@ -806,7 +816,7 @@ def install_excepthook() -> None:
         sys.stderr.write(f"fedf: error: rank {rank}: uncaught {kind.__name__}: {value}\n")
         traceback.print_exception(kind, value, tb, file=sys.stderr)
         sys.stderr.flush()
-        MPI.COMM_WORLD.Abort(130 if issubclass(kind, KeyboardInterrupt) else 1)
+        _abort(130 if issubclass(kind, KeyboardInterrupt) else 1)
 
     sys.excepthook = hook
 
