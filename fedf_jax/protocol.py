@@ -98,6 +98,22 @@ def ternarize(q: ArrayLike, p_prev: ArrayLike, p_prev2: ArrayLike, alpha: ArrayL
     return jnp.where(epoch == 1, first, later).astype(jnp.int8)
 
 
+def ternary_direction(ternary: ArrayLike, p_prev: ArrayLike, p_prev2: ArrayLike,
+                      epoch: ArrayLike) -> jax.Array:
+    """The sign of ``Q - P^{t-1}`` that a ternary encodes, where it is non-zero.
+
+    Eq. (4): T itself at t = 1. Eq. (5): ``T = sign(Q - P^{t-1}) sign(P^{t-1} - P^{t-2})``
+    at t >= 2, so ``sign(Q - P^{t-1}) = T sign(P^{t-1} - P^{t-2})`` (what a master, which
+    knows both global models, reads from T).
+
+    Returns:
+      f32[M] in {-1, 0, +1}.
+    """
+    t = jnp.asarray(ternary, _f32)
+    step = jnp.asarray(p_prev, _f32) - jnp.asarray(p_prev2, _f32)
+    return jnp.where(epoch == 1, t, t * jnp.sign(step))
+
+
 def update_weights(sizes: ArrayLike, pilot: ArrayLike, alpha0: ArrayLike, beta: ArrayLike,
                    epoch: ArrayLike, mask: ArrayLike | None = None) -> jax.Array:
     """Per-worker coefficients of the ternaries in Eq. (3).

@@ -732,3 +732,16 @@ def test_worker_to_master_round_trip_through_fused_kernels():
         want = ref_master_update(qs[pilot], tern, sizes, pilot, p_prev, p_prev2, 0.1, betas,
                                  epoch)
         np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6, atol=1e-6)
+
+
+def test_ternary_direction_reads_back_the_sign_of_the_local_step():
+    rng = np.random.default_rng(4)
+    p2, p1 = rng.normal(size=50).astype(np.float32), rng.normal(size=50).astype(np.float32)
+    q = p1 + rng.normal(size=50).astype(np.float32)
+    for t in (1, 2):
+        tern = protocol.ternarize(q, p1, p2, 0.1, 0.2, t)
+        got = np.asarray(protocol.ternary_direction(tern, p1, p2, t))
+        nz = np.asarray(tern) != 0
+        assert nz.any()
+        np.testing.assert_array_equal(got[nz], np.sign(q - p1)[nz])
+        assert not got[~nz].any()

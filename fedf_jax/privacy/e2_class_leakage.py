@@ -104,10 +104,10 @@ def observed_update(view: views.RoundView, k: int) -> np.ndarray:
     """
     if view.ternary is None or k == view.pilot:
         return (view.q_sent[k] - view.p_prev).astype(np.float32)
-    t = view.ternary[k].astype(np.float32)
-    if view.pilot < 0 or view.epoch == 1:
-        return t
-    return t * np.sign(view.p_prev - view.p_prev2).astype(np.float32)
+    if view.pilot < 0:
+        return view.ternary[k].astype(np.float32)
+    return np.asarray(protocol.ternary_direction(view.ternary[k], view.p_prev, view.p_prev2,
+                                                 view.epoch))
 
 
 def observe(arm: str, q: np.ndarray, ternary: np.ndarray, p_prev: np.ndarray,
@@ -124,8 +124,7 @@ def observe(arm: str, q: np.ndarray, ternary: np.ndarray, p_prev: np.ndarray,
         return (q - p_prev).astype(np.float32)
     if base == "signfedavg":
         return np.where(q - p_prev >= 0, 1.0, -1.0).astype(np.float32)
-    t = ternary.astype(np.float32)
-    return t if epoch == 1 else t * np.sign(p_prev - p_prev2).astype(np.float32)
+    return np.asarray(protocol.ternary_direction(ternary, p_prev, p_prev2, epoch))
 
 
 _train_group = jax.jit(vmap_backend.train_group, static_argnums=(0, 1))
