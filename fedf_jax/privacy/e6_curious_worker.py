@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from fedf_jax import protocol
 from fedf_jax.privacy import e1_inversion, metrics, stats, views
 from fedf_jax.privacy.common import Options, Result, conclude, mean_ci95, row
 
@@ -48,10 +49,14 @@ def own_contribution(view: views.RoundView, fed: views.Federation, arm: str, me:
     if arm.startswith("fedf"):
         if view.pilot == me:
             return None
-        d = -1 if arm.startswith("fedf-1") else 1
-        c_t = fed.alpha0 if view.epoch == 1 else fed.beta
-        s = 1.0 if view.epoch == 1 else view.p_prev.astype(np.float64) - view.p_prev2
-        return d * c_t * view.ternary[me] / n * s
+        # Eq. (3) with only its own ternary (and no pilot model): its share of the step.
+        rows = np.zeros_like(view.ternary)
+        rows[me] = view.ternary[me]
+        share = protocol.master_update(
+            np.zeros_like(view.p_prev), rows, np.ones(n), view.pilot, view.p_prev,
+            view.p_prev2, fed.alpha0, fed.beta, view.epoch,
+            direction=-1 if arm.startswith("fedf-1") else 1)
+        return np.asarray(share, np.float64)
     if arm.startswith("signfedavg"):
         return fed.alpha0 * view.ternary[me] / n
     return (view.q_true[me].astype(np.float64) - view.p_prev) / n
