@@ -214,3 +214,14 @@ def test_paper_table2_grid_has_every_cell():
     cfgs = dict(runs)
     assert cfgs["fedf_d-1/n4/seed1"].direction == -1 and cfgs["fedf_d-1/n4/seed1"].workers == 4
     assert cfgs["central/seed0"].algorithm == "central"
+
+
+def test_fedavg_average_ignores_unusable_models_even_when_they_are_nan():
+    p = jnp.zeros(3)
+    q = jnp.asarray([[1.0, 2.0, 3.0], [np.nan, np.nan, np.nan], [3.0, 4.0, 5.0]])
+    sizes = jnp.asarray([1.0, 5.0, 3.0])
+    out = fedavg.average(p, q, sizes, jnp.asarray([True, False, True]))
+    np.testing.assert_allclose(out, (1 * np.array([1, 2, 3]) + 3 * np.array([3, 4, 5])) / 4,
+                               rtol=1e-6)
+    none = fedavg.average(p + 7, q, sizes, jnp.zeros(3, bool))
+    np.testing.assert_array_equal(none, np.full(3, 7.0))

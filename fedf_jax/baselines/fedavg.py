@@ -80,6 +80,16 @@ def keep_unsampled(plan: vmap_backend.Plan, sampled: jax.Array, new, old) -> tup
     return tuple(out)
 
 
+def average(p: jax.Array, q: jax.Array, sizes: jax.Array, use: jax.Array) -> jax.Array:
+    """FedAvg's master step: ``sum_{k in use} S_k Q_k / sum_{k in use} S_k``, or ``p``
+    when no model is usable. f32[M]."""
+    w = jnp.where(use, jnp.asarray(sizes, jnp.float32), 0.0)
+    total = w.sum()
+    p_new = jnp.einsum("n,nm->m", w / jnp.maximum(total, 1e-30),
+                       jnp.where(use[:, None], q, 0.0))
+    return jnp.where(total > 0, p_new, p)
+
+
 def epoch(model, plan: vmap_backend.Plan, m: int, sample_key: jax.Array, state: State,
           data: vmap_backend.SimData):
     """One FedAvg round; pure and jittable."""
@@ -87,11 +97,7 @@ def epoch(model, plan: vmap_backend.Plan, m: int, sample_key: jax.Array, state: 
     q, opt_states = local_models(model, plan, state.p, state.opt_states, data, state.epoch)
     sampled = sample(sample_key, state.epoch, n, m)
     finite = jnp.all(jnp.isfinite(q), axis=1)
-    use = sampled & finite
-    w = jnp.where(use, data.sizes, 0.0)
-    total = w.sum()
-    p_new = jnp.einsum("n,nm->m", w / jnp.maximum(total, 1e-30), q)
-    p_new = jnp.where(total > 0, p_new, state.p)
+    p_new = average(state.p, q, data.sizes, sampled & finite)
     loss, acc = worker.evaluate(model, p_new, data.x_test, data.y_test, data.y_test.shape[0],
                                 plan.test_chunk)
     out = {"costs": jnp.full((n,), jnp.nan), "sampled": sampled, "finite": finite,

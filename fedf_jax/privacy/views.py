@@ -38,6 +38,7 @@ import numpy as np
 
 from fedf_jax import codec, master, protocol, worker
 from fedf_jax.backends import vmap as vmap_backend
+from fedf_jax.baselines import fedavg
 from fedf_jax.data import load_dataset, partition, stack_workers
 from fedf_jax.models import Model, make_model
 from fedf_jax.privacy.common import Defence, Options
@@ -396,7 +397,8 @@ def run_arm(fed: Federation, arm: str, rounds: int, seed: int,
             w = np.where(ok, sizes, 0).astype(np.float64)
             w = w / max(w.sum(), 1.0)
             if base == "fedavg":
-                p_new = np.einsum("k,km->m", w, np.where(ok[:, None], q_sent, 0.0))
+                p_new = np.asarray(fedavg.average(jnp.asarray(p_prev), jnp.asarray(q_sent),
+                                                  sizes, jnp.asarray(ok)))
             else:  # signfedavg
                 ternary = np.where(q_sent - p_prev >= 0, 1, -1).astype(np.int8)
                 p_new = p_prev + fed.alpha0 * np.einsum("k,km->m", w, ternary)
