@@ -69,7 +69,7 @@ def make_runner(cfg, s) -> Runner:
     ds = s.dataset
     step, gd, data, opt_state = _prepare(s.model, cfg.specs[0], ds.x_train[s.union],
                                          ds.y_train[s.union], ds.x_test, ds.y_test, s.p0,
-                                         data_key(s))
+                                         s.data.train_key)
     compiler = Compiler()
     step = compiler(step, jnp.asarray(s.p0), opt_state, gd, data.x_test, data.y_test,
                     data.train_key, np.int32(1))
@@ -91,7 +91,3 @@ def make_runner(cfg, s) -> Runner:
     return Runner(run, (jnp.copy(s.p0), opt_state, 1), [str(jax.devices()[0])], record,
                   lambda st: st[0], compile_s=compiler.seconds)
 
-
-def data_key(s) -> jax.Array:
-    """The run's training key (the one every worker's stream folds from)."""
-    return s.data.train_key
