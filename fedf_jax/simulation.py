@@ -122,21 +122,19 @@ def fedf_runner(cfg: RunConfig, s: Setup) -> baselines.Runner:
     """FEDF on the configured backend, ``cfg.scan_epochs`` epochs per jitted call."""
     b = make_backend(cfg, s)
     compiler = baselines.Compiler()
-    first = compiler(b.step, b.state, b.data)  # epoch 1's wall time holds no compile
-    scans: dict[int, Callable] = {}
-    if cfg.scan_epochs > 1:
-        scans[cfg.scan_epochs] = compiler(
-            vmap_backend.make_scan_fn(s.model, s.plan, cfg.master, cfg.scan_epochs),
-            b.state, b.data)
+    chunk = min(cfg.scan_epochs, cfg.epochs)
+
+    def compiled(n):  # ahead of epoch 1: no epoch's wall time holds a compile
+        fn = b.step if n == 1 else vmap_backend.make_scan_fn(s.model, s.plan, cfg.master, n)
+        return compiler(fn, b.state, b.data)
+
+    steps = {n: compiled(n) for n in {chunk, cfg.epochs % chunk} - {0}}  # the loop's sizes
 
     def step(state, n):
         t = int(state.master.epoch)
+        state, out = steps[n](state, b.data)
         if n == 1:
-            state, out = first(state, b.data)
             return state, [baselines.host_outputs(out._asdict(), t)]
-        if n not in scans:
-            scans[n] = vmap_backend.make_scan_fn(s.model, s.plan, cfg.master, n)
-        state, out = scans[n](state, b.data)
         stacked = jax.device_get(out._asdict())
         return state, [{**{k: v[i] for k, v in stacked.items()}, "epoch": t + i}
                        for i in range(n)]
@@ -145,7 +143,7 @@ def fedf_runner(cfg: RunConfig, s: Setup) -> baselines.Runner:
         return epoch_record(cfg, out, s.model.num_params, s.sizes, wall_s)
 
     return baselines.Runner(step, b.state, b.devices, record,
-                            lambda st: st.master.p_prev, cfg.scan_epochs, compiler.seconds)
+                            lambda st: st.master.p_prev, chunk, compiler.seconds)
 
 
 def make_runner(cfg: RunConfig, s: Setup) -> baselines.Runner:
