@@ -103,7 +103,7 @@ def clip(g: jax.Array) -> jax.Array:
     return jnp.clip(g, -bound, bound)
 
 
-def epoch(model, tx, steps: int, batch: int, state: State, data: Data):
+def epoch(model, tx, steps: int, batch: int, test_chunk: int, state: State, data: Data):
     """One TernGrad epoch (``steps`` synchronous steps); pure and jittable."""
     n, capacity = data.x.shape[:2]
     n_tr = model.num_trainable
@@ -154,7 +154,7 @@ def epoch(model, tx, steps: int, batch: int, state: State, data: Data):
                                                jnp.arange(steps))
     costs = loss_sum / jnp.maximum(n_batches, 1)  # mean mini-batch loss of the epoch
     loss, acc = worker.evaluate(model, p, data.x_test, data.y_test, data.y_test.shape[0],
-                                min(2048, max(int(data.y_test.shape[0]), 1)))
+                                test_chunk)
     out = {"costs": jnp.where(n_batches > 0, costs, jnp.nan), "test_loss": loss,
            "test_accuracy": acc, "finite": jnp.all(jnp.isfinite(p))}
     return State(p, opt_state, state.epoch + 1), out
@@ -175,8 +175,8 @@ def make_runner(cfg, s) -> Runner:
                 s.data.x_test, s.data.y_test, s.data.train_key)
     state = State(jnp.copy(s.p0), tx.init(jnp.asarray(s.p0)), jnp.int32(1))
     compiler = Compiler()
-    step = compiler(jax.jit(functools.partial(epoch, s.model, tx, steps, batch),
-                            donate_argnums=0), state, data)
+    fn = functools.partial(epoch, s.model, tx, steps, batch, s.plan.test_chunk)
+    step = compiler(jax.jit(fn, donate_argnums=0), state, data)
     counted = epoch_bytes(s.model.num_trainable, s.model.num_params - s.model.num_trainable,
                           n_batches)
     work = 3.0 * np.asarray(wd.sizes, np.float64)
