@@ -1,4 +1,5 @@
-"""codec.py against hand-written byte layouts and plain numpy/struct references (DESIGN.md §2).
+"""fedf_jax.codec against hand-written byte layouts and plain numpy/struct references
+(DESIGN.md §2).
 
 Ternary packing (2bit, base3) in numpy and jnp, frames (header layout, CRC, every rejection
 reason), the array/ternary frame helpers and the byte counts of Eq. (8).
@@ -13,67 +14,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference import ref_pack, ref_packed_size, ref_unpack
 
 from fedf_jax import codec
 
 SCHEMES = ["2bit", "base3"]
 SIZES = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 37, 40, 1001]
-
-# ---------------------------------------------------------------------------------------
-# Reference packing: explicit loops, written from the spec only.
-# ---------------------------------------------------------------------------------------
-
-
-def ref_packed_size(n, scheme):
-    return -(-n // 4) if scheme == "2bit" else -(-n // 5)
-
-
-def ref_pack(t, scheme):
-    t = [int(v) for v in t]
-    out = [0] * ref_packed_size(len(t), scheme)
-    if scheme == "2bit":
-        code = {0: 0b00, 1: 0b01, -1: 0b11}
-        for i, v in enumerate(t):
-            out[i // 4] |= code[v] << (2 * (i % 4))
-    else:
-        for b in range(len(out)):
-            for j in range(5):
-                i = 5 * b + j
-                v = t[i] if i < len(t) else 0  # tail padded with value 0 (digit 1)
-                out[b] += (v + 1) * 3**j
-    return np.array(out, np.uint8)
-
-
-def ref_unpack(buf, n, scheme):
-    """Decode, raising ValueError on a bad length, an invalid code or bad padding."""
-    buf = [int(b) for b in buf]
-    if len(buf) != ref_packed_size(n, scheme):
-        raise ValueError("length")
-    out = []
-    if scheme == "2bit":
-        value = {0b00: 0, 0b01: 1, 0b11: -1}
-        for b, byte in enumerate(buf):
-            for j in range(4):
-                c = (byte >> (2 * j)) & 0b11
-                if c not in value:
-                    raise ValueError("code 10")
-                if 4 * b + j < n:
-                    out.append(value[c])
-                elif c != 0:
-                    raise ValueError("padding")
-    else:
-        for b, byte in enumerate(buf):
-            if byte > 242:
-                raise ValueError("byte > 242")
-            for j in range(5):
-                d = byte % 3
-                byte //= 3
-                if 5 * b + j < n:
-                    out.append(d - 1)
-                elif d != 1:
-                    raise ValueError("padding")
-    return np.array(out, np.int8)
-
 
 def _random_ternary(n, seed):
     return np.random.default_rng(seed).integers(-1, 2, n).astype(np.int8)
@@ -95,15 +41,16 @@ HAND_2BIT = [
     ([1, 1, 1, 1, 0, 0, 0, 0, 0, 0, -1], [0x55, 0x00, 0x30]),
 ]
 
+# byte = sum_i (T_i + 1) 3^i, first value least significant; padding digits are 1 (value 0).
 HAND_BASE3 = [
-    ([1, 0, -1, 0, 0], [113]),
+    ([1, 0, -1, 0, 0], [113]),  # 2 + 1*3 + 0*9 + 1*27 + 1*81
     ([-1] * 5, [0]),
-    ([1] * 5, [242]),
-    ([0] * 5, [121]),
+    ([1] * 5, [242]),  # 2 * (1 + 3 + 9 + 27 + 81)
+    ([0] * 5, [121]),  # 1 + 3 + 9 + 27 + 81
     ([1], [122]),  # 2 + 1*3 + 1*9 + 1*27 + 1*81
-    ([-1], [120]),
+    ([-1], [120]),  # 0 + 1*3 + 1*9 + 1*27 + 1*81
     ([0, 0, 0, 0, 0, -1], [121, 120]),
-    ([-1, -1, -1, -1, 1, 1, 1], [162, 125]),
+    ([-1, -1, -1, -1, 1, 1, 1], [162, 125]),  # 2*81; 2 + 2*3 + 1*9 + 1*27 + 1*81
 ]
 
 
@@ -127,13 +74,6 @@ def test_pack_base3_hand_layout(t, expected):
     np.testing.assert_array_equal(got, np.array(expected, np.uint8))
     np.testing.assert_array_equal(codec.unpack(np.array(expected, np.uint8), len(t), "base3"),
                                   np.array(t, np.int8))
-
-
-def test_base3_hand_arithmetic():
-    # Spelled out: byte = sum_i (T_i + 1) 3^i, first value least significant.
-    assert 2 * 1 + 1 * 3 + 0 * 9 + 1 * 27 + 1 * 81 == 113
-    assert HAND_BASE3[-1][1][0] == 0 + 0 * 3 + 0 * 9 + 0 * 27 + 2 * 81  # -1 x 4, then +1
-    assert HAND_BASE3[-1][1][1] == 2 + 2 * 3 + 1 * 9 + 1 * 27 + 1 * 81  # +1, +1, 3 pads
 
 
 def test_pack_default_scheme_is_2bit():
@@ -357,10 +297,10 @@ def ref_payload_len(scheme, count):
 
 
 def ref_frame(kind, epoch, sender, scheme, count, payload, *, magic=b"FEDF", version=1,
-              flags=0, payload_len=None, crc=None):
+              reserved=0, payload_len=None, crc=None):
     """A frame built by hand with struct and zlib; every field can be set (with a good CRC)."""
     plen = len(payload) if payload_len is None else payload_len
-    head = struct.pack("<4sBBBBIIQQ", magic, version, int(kind), int(scheme), flags, epoch,
+    head = struct.pack("<4sBBBBIIQQ", magic, version, int(kind), int(scheme), reserved, epoch,
                        sender, count, plen)
     assert len(head) == 32
     c = zlib.crc32(head + payload) if crc is None else crc
@@ -391,9 +331,9 @@ def test_encode_frame_header_layout(kind, scheme, count, payload):
     buf = codec.encode_frame(kind, 9137, 4242, scheme, count, payload)
     assert isinstance(buf, bytes)
     assert buf == ref_frame(kind, 9137, 4242, scheme, count, payload)
-    magic, version, k, s, flags, epoch, sender, cnt, plen, crc = struct.unpack(
+    magic, version, k, s, reserved, epoch, sender, cnt, plen, crc = struct.unpack(
         HEADER_FMT, buf[:36])
-    assert (magic, version, k, s, flags) == (b"FEDF", 1, int(kind), int(scheme), 0)
+    assert (magic, version, k, s, reserved) == (b"FEDF", 1, int(kind), int(scheme), 0)
     assert (epoch, sender, cnt, plen) == (9137, 4242, count, len(payload))
     assert plen == ref_payload_len(int(scheme), count)
     assert crc == zlib.crc32(buf[:32] + payload)
@@ -475,6 +415,8 @@ def _crc_ok_frames():
         "kind 255": ref_frame(255, 5, 1, f32, 3, pay),
         "scheme 5": ref_frame(up, 5, 1, 5, 3, pay),
         "scheme 255": ref_frame(up, 5, 1, 255, 3, pay),
+        "reserved 1": ref_frame(up, 5, 1, f32, 3, pay, reserved=1),
+        "reserved 255": ref_frame(up, 5, 1, f32, 3, pay, reserved=255),
         "count too small": ref_frame(up, 5, 1, f32, 2, pay),
         "count too large": ref_frame(up, 5, 1, f32, 4, pay),
         "f64 count": ref_frame(up, 5, 1, codec.Payload.F64, 3, pay),
@@ -491,6 +433,24 @@ def _crc_ok_frames():
 def test_decode_frame_rejects_bad_header(case):
     with pytest.raises(codec.FrameError):
         codec.decode_frame(_crc_ok_frames()[case])
+
+
+@pytest.mark.parametrize("reserved", [1, 0x80, 255])
+def test_decode_frame_rejects_non_zero_reserved_byte(reserved):
+    # The byte between scheme and epoch; with a good CRC only this check can catch it.
+    buf = ref_frame(codec.Kind.TERNARY, 3, 2, codec.Payload.TERN_2BIT, 4, b"\x4d",
+                    reserved=reserved)
+    codec.decode_frame(ref_frame(codec.Kind.TERNARY, 3, 2, codec.Payload.TERN_2BIT, 4,
+                                 b"\x4d"))  # the same frame with the byte 0 is fine
+    with pytest.raises(codec.FrameError) as info:
+        codec.decode_frame(buf)
+    assert (info.value.sender, info.value.epoch) == (2, 3)
+    assert "reserved" in info.value.reason
+    assert str(reserved) in info.value.reason
+    with pytest.raises(codec.FrameError):
+        codec.decode_ternary(buf, 4)
+    with pytest.raises(codec.FrameError):
+        codec.decode_packed(buf, 4)
 
 
 @pytest.mark.parametrize("cut", [0, 1, 4, 20, 32, 35])
@@ -651,10 +611,15 @@ def test_paper_bytes_per_epoch_matches_table_3_fedf_column():
     assert abs(d2 - 569.66) <= 0.005 + 1e-9
 
 
-@pytest.mark.parametrize("v,n", [(4.0, 2), (1000.0, 3), (160.0, 5), (1e9, 100)])
-def test_paper_bytes_per_epoch_is_eq_8(v, n):
-    np.testing.assert_allclose(codec.paper_bytes_per_epoch(v, n),
-                               v * (n + 1) + v * (n - 1) / 16, rtol=1e-12)
+@pytest.mark.parametrize("v,n,want", [
+    (16.0, 1, 32.0),  # one worker, the pilot: down + up, no ternary
+    (4.0, 2, 12.25),  # 4 * 3 + 4 * 1 / 16
+    (160.0, 5, 1000.0),  # 160 * 6 + 160 * 4 / 16 = 960 + 40
+    (1e9, 100, 107.1875e9),  # 101e9 + 99e9 / 16 = 101e9 + 6.1875e9
+])
+def test_paper_bytes_per_epoch_hand_values_for_other_n(v, n, want):
+    # Table 3 fixes N = 3 only; these pin how D grows with N.
+    np.testing.assert_allclose(codec.paper_bytes_per_epoch(v, n), want, rtol=1e-12)
 
 
 def ref_epoch_bytes(m, n, scheme):

@@ -5,12 +5,17 @@ fused ternarize-and-pack / unpack-and-update kernels. Every function runs with a
 `jax.jit`; `epoch` is traced and must not cause a retrace between epochs 1 and 2.
 """
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference import (
+    ref_goodness,
+    ref_master_update,
+    ref_pack,
+    ref_select_pilot,
+    ref_ternarize,
+)
 
 from fedf_jax import codec, protocol
 
@@ -19,110 +24,37 @@ SCHEMES = ["2bit", "base3"]
 
 
 def maybe_jit(fn, jit, static_argnames=()):
-    return jax.jit(fn, static_argnames=static_argnames) if jit else fn
+    """``fn`` under ``jax.jit``, or ``fn`` run op by op under ``jax.disable_jit()``.
+
+    The protocol functions are jitted themselves, so calling one plain would run its
+    compiled program again; disabling jit runs the Python body on concrete arrays.
+    """
+    if jit:
+        return jax.jit(fn, static_argnames=static_argnames)
+
+    def eager(*args, **kwargs):
+        with jax.disable_jit():
+            return fn(*args, **kwargs)
+
+    return eager
 
 
-# ---------------------------------------------------------------------------------------
-# Reference implementation: explicit loops, written from the spec only.
-# ---------------------------------------------------------------------------------------
+def test_maybe_jit_false_runs_the_python_body_of_a_jitted_function():
+    traces = []
 
+    @jax.jit
+    def f(x):
+        traces.append(isinstance(x, jax.core.Tracer))
+        return x + 1
 
-def ref_goodness(costs, prev_costs, sizes, epoch):
-    """Eq. (1) in float64 on the float32 inputs; NaN marks a non-finite input."""
-    costs = np.asarray(costs, np.float32).astype(np.float64)
-    prev_costs = np.asarray(prev_costs, np.float32).astype(np.float64)
-    out = np.zeros(len(costs), np.float64)
-    for k in range(len(costs)):
-        s = float(sizes[k])
-        if epoch == 1:
-            out[k] = s / costs[k] if math.isfinite(costs[k]) else math.nan
-        else:
-            if math.isfinite(costs[k]) and math.isfinite(prev_costs[k]):
-                out[k] = s * (prev_costs[k] - costs[k])
-            else:
-                out[k] = math.nan
-    return out
+    for _ in range(2):
+        assert float(maybe_jit(f, False)(1.0)) == 2.0
+    assert traces == [False, False]  # run twice, on concrete values
+    traces.clear()
+    for _ in range(2):
+        assert float(maybe_jit(f, True)(1.0)) == 2.0
+    assert traces == [True]  # traced once, then the compiled program
 
-
-def ref_select_pilot(g):
-    best, best_val = -1, None
-    for k, v in enumerate(g):
-        v = float(v)
-        if not math.isfinite(v):
-            continue
-        if best_val is None or v > best_val:  # strictly greater: ties keep the lowest index
-            best, best_val = k, v
-    return best
-
-
-def _sign(x):
-    return 1 if x > 0 else (-1 if x < 0 else 0)
-
-
-def ref_ternarize(q, p_prev, p_prev2, alpha, beta, epoch):
-    """Eq. (4) at t = 1, Eq. (5) at t >= 2, element by element in float32."""
-    q = np.asarray(q, np.float32)
-    p_prev = np.asarray(p_prev, np.float32)
-    p_prev2 = np.asarray(p_prev2, np.float32)
-    alpha = np.float32(alpha)
-    beta = np.float32(beta)
-    out = np.zeros(q.shape[0], np.int8)
-    for i in range(q.shape[0]):
-        diff = np.float32(q[i] - p_prev[i])
-        if epoch == 1:
-            if diff < -alpha:
-                out[i] = -1
-            elif diff > alpha:
-                out[i] = 1
-            else:
-                out[i] = 0
-        else:
-            step = np.float32(p_prev[i] - p_prev2[i])
-            if abs(diff) < np.float32(beta * abs(step)):
-                out[i] = 0
-            else:
-                out[i] = _sign(diff) * _sign(step)
-    return out
-
-
-def ref_master_update(q_pilot, ternaries, sizes, pilot, p_prev, p_prev2, alpha0, beta, epoch,
-                      direction=1, mask=None):
-    """Eq. (3) in float64; the pilot's row (and masked-out rows) never read."""
-    n, m = ternaries.shape
-    total = float(sum(float(s) for s in sizes))
-    betas = np.broadcast_to(np.asarray(beta, np.float64), (n,))
-    out = np.asarray(q_pilot, np.float32).astype(np.float64).copy()
-    for k in range(n):
-        if k == pilot or (mask is not None and not mask[k]):
-            continue
-        p_k = float(sizes[k]) / total
-        for i in range(m):
-            t = int(ternaries[k, i])
-            if epoch == 1:
-                out[i] += direction * alpha0 * p_k * t
-            else:
-                step = float(np.float32(p_prev[i])) - float(np.float32(p_prev2[i]))
-                out[i] += direction * p_k * float(betas[k]) * t * step
-    return out
-
-
-def ref_pack(t, scheme):
-    t = [int(v) for v in t]
-    if scheme == "2bit":
-        code = {0: 0b00, 1: 0b01, -1: 0b11}
-        out = [0] * ((len(t) + 3) // 4)
-        for i, v in enumerate(t):
-            out[i // 4] |= code[v] << (2 * (i % 4))
-    else:
-        out = []
-        for b in range((len(t) + 4) // 5):
-            byte = 0
-            for j in range(5):
-                i = 5 * b + j
-                v = t[i] if i < len(t) else 0
-                byte += (v + 1) * 3**j
-            out.append(byte)
-    return np.array(out, np.uint8)
 
 
 # ---------------------------------------------------------------------------------------
