@@ -83,9 +83,31 @@ def _synthetic_seg(data_dir: str | None, **kwargs) -> Dataset:
     return make_synthetic_segmentation(**kwargs)
 
 
+def _libsvm(data_dir: str | None, **kwargs) -> Dataset:
+    _require_dir("libsvm", data_dir, "a folder with train.svm and test.svm, LIBSVM text")
+    from fedf_jax.data.libsvm import load_libsvm
+
+    return load_libsvm(data_dir, **kwargs)
+
+
+def _breast_cancer(data_dir: str | None, **kwargs) -> Dataset:
+    del data_dir  # bundled with scikit-learn
+    from fedf_jax.data.libsvm import load_breast_cancer
+
+    return load_breast_cancer(**kwargs)
+
+
+def _digits_oddeven(data_dir: str | None, **kwargs) -> Dataset:
+    del data_dir  # bundled with scikit-learn
+    from fedf_jax.data.libsvm import load_digits_oddeven
+
+    return load_digits_oddeven(**kwargs)
+
+
 _LOADERS: dict[str, Callable[..., Dataset]] = {
     "digits": _digits, "cifar10": _cifar10, "segmentation": _segmentation,
-    "synthetic-seg": _synthetic_seg}
+    "synthetic-seg": _synthetic_seg, "libsvm": _libsvm, "breast-cancer": _breast_cancer,
+    "digits-oddeven": _digits_oddeven}
 DATASETS = tuple(_LOADERS)
 
 
