@@ -1,9 +1,9 @@
 """Paper-style figures of grouped runs (PNG, matplotlib's Agg backend).
 
-Every curve is the mean over a group's seeds with a ±1 sample-std band; a label
-keeps its colour in every figure; the centralized group is a dashed black line
-drawn on every panel of its (data, model). Panels: one row per (data, model),
-one column per N.
+Every curve is the mean over a group's seeds with a ±1 sample-std band; a method
+(with its variant, if any) keeps its colour in every figure; the centralized group
+is a dashed line drawn on every panel of its (data, model). Panels: one row per
+(data, model), one column per N.
 """
 
 from __future__ import annotations
@@ -32,18 +32,34 @@ SPARE_COLORS = ("tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
 Groups = Mapping[GroupKey, Sequence[Run]]
 
 
-def colors(labels: Sequence[str]) -> dict[str, str]:
-    """A fixed colour per label; labels outside KNOWN_COLORS take spares in sorted order."""
-    out = {name: KNOWN_COLORS[name] for name in labels if name in KNOWN_COLORS}
-    extra = sorted(set(labels) - set(out))
+def colors(names: Sequence[str], labels: Sequence[str] | None = None) -> dict[str, str]:
+    """A fixed colour per name (method label, or label with a variant).
+
+    Args:
+      names: the names to colour, as in tables and legends.
+      labels: each name's method label (default: the names themselves). The first name
+        of a label in KNOWN_COLORS takes its colour; the others take spares in sorted
+        order.
+    """
+    labels = list(names) if labels is None else list(labels)
+    out: dict[str, str] = {}
+    for name, label in sorted(zip(names, labels, strict=True), key=lambda p: p[0]):
+        if label in KNOWN_COLORS and KNOWN_COLORS[label] not in out.values():
+            out[name] = KNOWN_COLORS[label]
+    extra = sorted(set(names) - set(out))
     for i, name in enumerate(extra):
         out[name] = SPARE_COLORS[i % len(SPARE_COLORS)]
     return out
 
 
-def _style(name: str, palette: Mapping[str, str]) -> dict[str, Any]:
-    return {"color": palette[name], "linestyle": "--" if name == CENTRAL else "-",
+def _style(name: str, label: str, palette: Mapping[str, str]) -> dict[str, Any]:
+    return {"color": palette[name], "linestyle": "--" if label == CENTRAL else "-",
             "linewidth": 1.6}
+
+
+def _rank(row: Mapping[str, Any]) -> tuple:
+    """Table order of a row: its method, then its name (variants)."""
+    return label_rank(row["label"]), row["name"]
 
 
 def mean_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -100,7 +116,7 @@ def _panel_grid(groups: Groups):
 def _curves(groups: Groups, path: Path, key: str, ylabel: str, title: str,
             x_time: bool = False, log_y: bool = False,
             targets: Mapping[tuple[str, str], float] | None = None) -> Path:
-    palette = colors([k.label for k in groups])
+    palette = colors([k.name for k in groups], [k.label for k in groups])
     fig, where = _panel_grid(groups)
     for (data, model, n), ax in where.items():
         for k, runs in groups.items():
@@ -111,8 +127,8 @@ def _curves(groups: Groups, path: Path, key: str, ylabel: str, title: str,
                 x, _ = mean_std(stack(runs, "modeled_s", cumulative=True))
             else:
                 x, _ = mean_std(stack(runs, "epoch"))
-            style = _style(k.label, palette)
-            label = f"{k.label} ({len(runs)} seed{'s' * (len(runs) > 1)})"
+            style = _style(k.name, k.label, palette)
+            label = f"{k.name} ({len(runs)} seed{'s' * (len(runs) > 1)})"
             ax.plot(x, y, label=label, **style)
             ax.fill_between(x, y - y_std, y + y_std, color=style["color"], alpha=0.18,
                             linewidth=0)
@@ -173,16 +189,16 @@ def bytes_per_epoch(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
             and np.isfinite(r["bytes_per_epoch"]["total"].mean)
             and r["bytes_per_epoch"]["total"].mean > 0]
     pairs = list(dict.fromkeys((r["data"], r["model"]) for r in rows)) or [("no data", "")]
-    palette = colors([r["label"] for r in rows])
+    palette = colors([r["name"] for r in rows], [r["label"] for r in rows])
     fig, axes = _grid(1, len(pairs))
     for ax, pair in zip(axes[0], pairs, strict=True):
         mine = [r for r in rows if (r["data"], r["model"]) == pair]
         ns = sorted({w for r in mine for w in np.atleast_1d(r["workers"]).tolist()})
-        labels = sorted({r["label"] for r in mine}, key=label_rank)
+        labels = list(dict.fromkeys(r["name"] for r in sorted(mine, key=_rank)))
         width = 0.8 / max(len(labels), 1)
         for j, name in enumerate(labels):
             xs, ys, es = [], [], []
-            for r in (r for r in mine if r["label"] == name):
+            for r in (r for r in mine if r["name"] == name):
                 s = r["bytes_per_epoch"]["total"]
                 for w in np.atleast_1d(r["workers"]).tolist():
                     xs.append(ns.index(w) - 0.4 + width * (j + 0.5))
@@ -214,13 +230,15 @@ def speedup(rows: Sequence[Mapping[str, Any]], path: Path) -> Path | None:
     if not rows:
         return None
     pairs = list(dict.fromkeys((r["data"], r["model"]) for r in rows))
-    palette = colors([r["label"] for r in rows])
+    palette = colors([r["name"] for r in rows], [r["label"] for r in rows])
     fig, axes = _grid(1, len(pairs))
     for ax, pair in zip(axes[0], pairs, strict=True):
         mine = [r for r in rows if (r["data"], r["model"]) == pair]
-        for name in sorted({r["label"] for r in mine}, key=label_rank):
-            pts = sorted((r["workers"], r["speedup"]) for r in mine if r["label"] == name)
-            ax.plot(*zip(*pts, strict=True), marker="o", label=name, **_style(name, palette))
+        for name in dict.fromkeys(r["name"] for r in sorted(mine, key=_rank)):
+            group = [r for r in mine if r["name"] == name]
+            pts = sorted((r["workers"], r["speedup"]) for r in group)
+            ax.plot(*zip(*pts, strict=True), marker="o", label=name,
+                    **_style(name, group[0]["label"], palette))
         ax.axhline(1.0, color="black", linestyle="--", linewidth=1.0,
                    label=f"{CENTRAL} (= 1)")
         target = mine[0]["target"]

@@ -2,9 +2,10 @@
 
 ``fedf report RUN_DIR [RUN_DIR ...] [--out REPORT_DIR] [--target ACC] [--title TEXT]``
 (or ``python -m analysis.report ...``) reads every ``run.jsonl`` named or found below
-the RUN_DIRs, groups the runs by (data, model, method, N), aggregates over seeds and
-writes ``report.md``, ``summary.json`` and the figures into REPORT_DIR (default:
-``report/`` inside the first RUN_DIR).
+the RUN_DIRs, groups the runs whose configs agree on every field but the seed
+(:mod:`analysis.runs`), aggregates over seeds and writes ``report.md``,
+``summary.json`` and the figures into REPORT_DIR (default: ``report/`` inside the
+first RUN_DIR). It prints the tables and how the runs were grouped.
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ from fedf_jax import runlog
 
 HELP = "tables and figures (markdown, JSON, PNG) from run logs"
 DESCRIPTION = """\
-Read every run log (run.jsonl) in or below the RUN_DIRs, group the runs by
-(data, model, method, N), aggregate over seeds (mean ± sample std) and write
-REPORT_DIR/report.md (test accuracy, bytes per epoch, time to a target accuracy
-and speedup vs centralized training), summary.json (the same numbers) and PNG
-figures."""
+Read every run log (run.jsonl) in or below the RUN_DIRs, group the runs whose
+configs (the run log header) agree on every field but the seed, aggregate over
+seeds (mean ± sample std) and write REPORT_DIR/report.md (test accuracy, bytes per
+epoch, time to a target accuracy and speedup vs centralized training), summary.json
+(the same numbers) and PNG figures."""
 EPILOG = """\
 examples:
   fedf report runs/table2                         # every run below runs/table2
@@ -37,6 +38,11 @@ outputs:
   loss_vs_epoch.png, bytes_per_epoch.png, speedup.png (with a centralized run)
 The default target is 0.95 x the centralized mean final accuracy of each data/model
 (without centralized runs: 0.9 x the lowest group mean best accuracy).
+grouping:
+  Runs that differ in any config field but `seed` (epochs, partition, scheme,
+  backend, a worker's lr, ...) are separate rows, named by the fields that differ,
+  e.g. "FEDF (d=+1) [epochs=10]". Centralized runs also ignore the fields of the
+  FEDF split they were made beside (N, partition, sizes, master settings, backend).
 """
 FIGURES = {
     "accuracy_vs_epoch.png": "test accuracy vs global epoch, one panel per N, "
@@ -80,9 +86,11 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def run_list(runs: Sequence[runs_lib.Run], empty: Sequence[Path]) -> str:
-    """Markdown list of the runs read (and the logs without an epoch, skipped)."""
-    rows = [[f"`{r.path}`", r.algorithm, r.label, str(r.workers), str(r.seed),
+def run_list(runs: Sequence[runs_lib.Run], empty: Sequence[Path],
+             names: dict[Path, str]) -> str:
+    """Markdown list of the runs read, each with its group's name (and the logs without
+    an epoch, skipped)."""
+    rows = [[f"`{r.path}`", r.algorithm, names[r.path], str(r.workers), str(r.seed),
              str(len(r.epochs)), "yes" if r.complete else "no (no summary line)"]
             for r in runs]
     text = tables._table(["run log", "algorithm", "method", "N", "seed", "epochs",
@@ -92,22 +100,62 @@ def run_list(runs: Sequence[runs_lib.Run], empty: Sequence[Path]) -> str:
     return text
 
 
+def _where(key: runs_lib.GroupKey) -> str:
+    return f"{key.data}/{key.model} {key.name}" + (
+        f" N={key.workers}" if key.workers is not None else "")
+
+
+def grouping(groups: dict[runs_lib.GroupKey, list[runs_lib.Run]]) -> list[str]:
+    """How the runs were grouped, one line per decision: the rule, each group that
+    merges several runs, each (method, N) split by config, each reference choice."""
+    n_runs = sum(len(v) for v in groups.values())
+    free = [k for k in runs_lib.CENTRAL_FREE_KEYS if k not in ("worker_specs", "default_worker")]
+    out = [f"{n_runs} run(s) in {len(groups)} group(s): runs are merged when their configs "
+           "agree on every field but `seed` (Centralized runs compare only the first "
+           f"worker's spec and ignore {', '.join(free)})."]
+    for key, runs in groups.items():
+        if len(runs) > 1:
+            out.append(f"merged: {_where(key)}: {len(runs)} runs, seeds "
+                       + ", ".join(str(r.seed) for r in runs))
+    split: dict[tuple, list[runs_lib.GroupKey]] = {}
+    for key in groups:
+        split.setdefault((key.data, key.model, key.label, key.workers), []).append(key)
+    for (data, model, label, n), keys in split.items():
+        if len(keys) > 1:
+            shown = [dict(k.variant) for k in keys]
+            fields = [f for f in dict.fromkeys(f for v in shown for f in v)
+                      if len({v.get(f) for v in shown}) > 1]
+            out.append(f"split: {data}/{model} {label}" + (f" N={n}" if n is not None else "")
+                       + f" into {len(keys)} groups by {', '.join(fields)}: "
+                       + "; ".join(", ".join(f"{f}={v}" for f, v in k.variant) for k in keys))
+    for data, model in dict.fromkeys((k.data, k.model) for k in groups):
+        keys = [k for k in groups if (k.data, k.model) == (data, model)]
+        fields = list(dict.fromkeys(f for k in keys for f, _ in k.variant))
+        if fields:
+            out.append(f"named: {data}/{model}: groups differ in {', '.join(fields)}; "
+                       "the method column shows them")
+        central = [k for k in keys if k.label == runs_lib.CENTRAL]
+        if len(central) > 1:
+            for k in keys:
+                if k.label != runs_lib.CENTRAL:
+                    ref = tables.reference(k, keys)
+                    out.append(f"reference: {_where(k)} is compared with {ref.name}")
+    return out
+
+
 def notes(groups: dict[runs_lib.GroupKey, list[runs_lib.Run]]) -> list[str]:
-    """Warnings worth reading: config differences within a group, repeated seeds."""
+    """Warnings worth reading: repeated seeds, runs of one group cut at different epochs."""
     out = []
     for key, runs in groups.items():
-        name = f"{key.data}/{key.model} {key.label}" + (
-            f" N={key.workers}" if key.workers is not None else "")
-        for k, values in runs_lib.config_differences(runs).items():
-            shown = ", ".join(values[:4]) + (", ..." if len(values) > 4 else "")
-            out.append(f"{name}: runs differ in `{k}` ({shown}); they are averaged together.")
+        name = _where(key)
         seeds = [r.seed for r in runs]
         if len(set(seeds)) < len(seeds):
             out.append(f"{name}: repeated seeds {seeds}; each run counts once.")
         epochs = {len(r.epochs) for r in runs}
         if len(epochs) > 1:
-            out.append(f"{name}: runs have different numbers of epochs {sorted(epochs)}; "
-                       "final accuracy is each run's last epoch.")
+            out.append(f"{name}: runs have different numbers of logged epochs "
+                       f"{sorted(epochs)} (a run died or is still running); final accuracy "
+                       "is each run's last epoch.")
     return out
 
 
@@ -116,8 +164,9 @@ def make_report(run_dirs: Sequence[str | Path], out: str | Path | None = None,
     """Reads the runs, writes report.md, summary.json and the figures into ``out``.
 
     Returns:
-      The summary dict (also in summary.json) plus ``"markdown"`` (report.md's text)
-      and ``"tables"`` (the three tables, for printing).
+      The summary dict (also in summary.json, with ``"grouping"``: how the runs were
+      grouped, one line per decision) plus ``"markdown"`` (report.md's text) and
+      ``"tables"`` (the three tables, for printing).
 
     Raises:
       ValueError: a bad path, a malformed log, no epochs, or a bad target.
@@ -161,11 +210,14 @@ def make_report(run_dirs: Sequence[str | Path], out: str | Path | None = None,
         fig_lines.append("- `speedup.png`: not written (no centralized run to compare with)")
     acc, byt, tim = tables.accuracy_table(rows), tables.bytes_table(rows), \
         tables.time_table(rows)
+    how = grouping(groups)
+    names = {r.path: k.name for k, rs in groups.items() for r in rs}
     sections = [
         f"# {title}", "",
-        f"{len(runs)} run(s) in {len(groups)} group(s) (data, model, method, N); numbers "
-        "are mean ± sample std over seeds (n = runs with a value).", "",
-        "## Runs", "", run_list(runs, empty), "",
+        f"{len(runs)} run(s) in {len(groups)} group(s); numbers are mean ± sample std over "
+        "seeds (n = runs with a value).", "",
+        "## Grouping", "", *[f"- {line}" for line in how], "",
+        "## Runs", "", run_list(runs, empty, names), "",
         "## Test accuracy (Table 2 analog)", "",
         "Final = last epoch; best = highest epoch. Gap = final accuracy minus the "
         "Centralized final accuracy of the same data/model, in percentage points.", "", acc,
@@ -189,8 +241,10 @@ def make_report(run_dirs: Sequence[str | Path], out: str | Path | None = None,
     summary = {
         "title": title, "out": str(out), "targets": targets,
         "runs": [{"path": str(r.path), "algorithm": r.algorithm, "label": r.label,
-                  "data": r.data, "model": r.model, "workers": r.workers, "seed": r.seed,
-                  "epochs": len(r.epochs), "complete": r.complete} for r in runs],
+                  "group": names[r.path], "data": r.data, "model": r.model,
+                  "workers": r.workers, "seed": r.seed, "epochs": len(r.epochs),
+                  "complete": r.complete} for r in runs],
+        "grouping": how,
         "skipped": [str(p) for p in empty],
         "groups": _jsonable(rows), "units": {"bytes": "MB = 1e6 bytes in report.md; bytes "
                                              "here", "time": "seconds"},
@@ -210,6 +264,9 @@ def main(args: argparse.Namespace) -> int:
       ValueError: bad input (the CLI prints it as one line and exits with code 2).
     """
     rep = make_report(args.run_dirs, args.out, args.target, args.title)
+    print("grouping:")
+    print("\n".join(f"  {line}" for line in rep["grouping"]))
+    print()
     print(rep["tables"])
     print(f"\nreport written to {rep['out']}/ (report.md, summary.json, "
           f"{len([f for f in rep['figures'].values() if f])} figures) from "

@@ -2,7 +2,8 @@
 
 * Table 2 analog: final and best test accuracy per group, mean ± sample std over
   seeds, and the gap of the final accuracy to the centralized group in percentage
-  points.
+  points (of several centralized groups, the one whose config is closest:
+  :func:`reference`).
 * Table 3 analog: bytes exchanged per global epoch (the mean over a run's epochs
   of ``bytes_total``, and its parts), in MB (1 MB = 1e6 B).
 * Time to target: the first epoch whose test accuracy reaches the target, and the
@@ -81,10 +82,10 @@ def default_target(groups: Mapping[GroupKey, Sequence[Run]], data: str,
     """The target accuracy of one (data, model) and the rule that gave it."""
     keys = [k for k in groups if (k.data, k.model) == (data, model)]
     central = [k for k in keys if k.label == CENTRAL]
-    if central:
+    if central:  # several centralized groups (variants): the first in table order
         final = stat([float(series(r, "test_accuracy")[-1]) for r in groups[central[0]]]).mean
         return (CENTRAL_FACTOR * final,
-                f"{CENTRAL_FACTOR:g} × the Centralized mean final accuracy ({final:.4f})")
+                f"{CENTRAL_FACTOR:g} × the {central[0].name} mean final accuracy ({final:.4f})")
     best = {k: stat([np.nanmax(np.append(series(r, "test_accuracy"), -np.inf))
                      for r in groups[k]]).mean for k in keys}
     best = {k: v for k, v in best.items() if np.isfinite(v)}
@@ -93,7 +94,7 @@ def default_target(groups: Mapping[GroupKey, Sequence[Run]], data: str,
     low = min(best, key=best.get)
     return (LOWEST_FACTOR * best[low],
             f"{LOWEST_FACTOR:g} × the lowest group mean best accuracy ({best[low]:.4f}, "
-            f"{low.label}, N={low.workers})")
+            f"{low.name}, N={low.workers})")
 
 
 def summarize(groups: Mapping[GroupKey, Sequence[Run]],
@@ -120,7 +121,8 @@ def summarize(groups: Mapping[GroupKey, Sequence[Run]],
         col = functools.partial(_column, per_run)
         reached = sum(np.isfinite(m["target_epoch"]) for m in per_run)
         rows.append({
-            "data": key.data, "model": key.model, "label": key.label,
+            "data": key.data, "model": key.model, "label": key.label, "name": key.name,
+            "variant": dict(key.variant),
             "workers": key.workers if key.workers is not None
             else sorted({r.workers for r in runs}),
             "runs": len(runs), "seeds": [r.seed for r in runs],
@@ -132,9 +134,11 @@ def summarize(groups: Mapping[GroupKey, Sequence[Run]],
             "target_wall_s": col("target_wall_s"), "run_modeled_s": col("run_modeled_s"),
             "epochs": stat([len(r.epochs) for r in runs]),
         })
-    for row in rows:
-        ref = next((r for r in rows if r["label"] == CENTRAL
-                    and (r["data"], r["model"]) == (row["data"], row["model"])), None)
+    keys = list(groups)
+    for key, row in zip(keys, rows, strict=True):
+        ref_key = reference(key, keys)
+        ref = rows[keys.index(ref_key)] if ref_key is not None else None
+        row["reference"] = ref["name"] if ref else None
         row["gap_pp"] = (100 * (row["final_accuracy"].mean - ref["final_accuracy"].mean)
                          if ref else None)
         row["speedup"] = (ratio(ref["target_modeled_s"].mean, row["target_modeled_s"].mean)
@@ -143,6 +147,19 @@ def summarize(groups: Mapping[GroupKey, Sequence[Run]],
                               if ref else None)
     return [{"data": d, "model": m, "target": t, "rule": rule}
             for (d, m), (t, rule) in targets.items()], rows
+
+
+def reference(key: GroupKey, keys: Sequence[GroupKey]) -> GroupKey | None:
+    """The centralized group a group is compared with: of its (data, model), the one
+    whose config agrees with the group's on the most fields (ties: the first)."""
+    central = [k for k in keys if k.label == CENTRAL and (k.data, k.model) == (key.data,
+                                                                                key.model)]
+    if not central:
+        return None
+    if key.label == CENTRAL:
+        return key
+    mine = dict(key.config)
+    return max(central, key=lambda c: sum(mine.get(f) == v for f, v in c.config))
 
 
 def _column(per_run: Sequence[Mapping[str, float]], name: str) -> Stat:
@@ -187,7 +204,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def _lead(row: Mapping[str, Any]) -> list[str]:
-    return [row["data"], row["model"], row["label"], workers_text(row["workers"])]
+    return [row["data"], row["model"], row["name"], workers_text(row["workers"])]
 
 
 def accuracy_table(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -200,6 +217,8 @@ def accuracy_table(rows: Sequence[Mapping[str, Any]]) -> str:
             gap = "—"
         else:
             gap = f"{r['gap_pp']:+.2f}"
+            if r["reference"] != CENTRAL:  # several centralized groups: name the one used
+                gap += f" (vs {r['reference']})"
         out.append(_lead(r) + [fmt(r["final_accuracy"]), fmt(r["best_accuracy"]), gap])
     return _table(["data", "model", "method", "N", "final test accuracy",
                    "best test accuracy", "gap to Centralized (pp)"], out)

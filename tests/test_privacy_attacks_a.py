@@ -3,6 +3,7 @@ succeeds where it must and fails (chance level) where it must."""
 
 import dataclasses
 import json
+import math
 
 import jax
 import numpy as np
@@ -19,7 +20,7 @@ from fedf_jax.privacy import (
     metrics,
     views,
 )
-from fedf_jax.privacy.common import Options, Result, row
+from fedf_jax.privacy.common import Options, Result, mean_ci95, row
 
 OPTS = Options(workers=4, hidden=8, partition="iid", seeds=1, rounds=2, arms=("fedf+1",))
 
@@ -302,13 +303,39 @@ def test_an_experiment_runs_from_the_cli_and_writes_its_result(tmp_path, capsys,
     assert "### E6" in capsys.readouterr().out and (tmp_path / "result.md").exists()
 
 
+def test_result_rows_keep_intervals_in_range_and_give_none_to_one_value(tmp_path):
+    f1 = row("fedf+1", "s", "f1", [0.05, 0.95])  # Student-t alone: [-5.2, 6.2]
+    assert (f1.lo, f1.hi, f1.interval) == (0.0, 1.0, "student-t clipped")
+    one = row("fedf+1", "s", "auc", [0.7, float("nan")])
+    assert one.n == 1 and math.isnan(one.lo) and math.isnan(one.hi) and one.interval == "n=1"
+    assert mean_ci95([0.7], "auc")[0] == 0.7 and math.isnan(mean_ci95([0.7], "auc")[1])
+    rate = row("fedf+1", "s", "victim_pilot", [1.0] * 5)
+    same = row("fedf+1", "s", "recovered", [0.25] * 4)
+    result = Result("E7", "t", "c", "k", [f1, one, rate, same], "inconclusive")
+    cells = [ln.split(" | ")[4] for ln in result.to_markdown().splitlines()
+             if ln.startswith("| fedf+1 ")]
+    assert cells == ["[0, 1]", "— (n=1)", "[0.4782, 1] CP", "all equal (n=4)"]
+    # result.json: no interval is null, and read back as NaN; the method is kept
+    js, _ = experiments.write_result(result, tmp_path)
+    d = json.loads(js.read_text())
+    assert d["rows"][1]["lo"] is None and d["rows"][2]["interval"] == "clopper-pearson"
+    back = experiments.read_result(js)
+    assert math.isnan(back.rows[1].hi) and back.rows[3].interval == "all equal"
+    # a result file written before rows had `interval` still reads
+    for r in d["rows"]:
+        del r["interval"]
+    js.write_text(json.dumps(d))
+    old = experiments.read_result(js)
+    assert old.rows[0].interval == "" and "| [0, 1] |" in old.to_markdown()
+
+
 def test_e8_runs_end_to_end_and_its_lies_steer_the_pilot(fed5):
     opts = dataclasses.replace(OPTS, workers=5, quick=True)
     r = e8_lying.run(opts, seed0=7)
     cell = {(x.setting, x.metric): x.mean for x in r.rows}
     assert cell[("steer to self", "colluder_pilot")] == 1.0
     assert cell[("inflate cost+size", "colluder_pilot")] == 0.0
-    assert r.verdict in ("supported", "refuted", "inconclusive") and r.experiment == "E8"
+    assert r.experiment == "E8"
 
 
 def test_every_registered_experiment_states_its_criterion_before_running():

@@ -73,8 +73,7 @@ def test_e2_runs_end_to_end_on_a_tiny_cifar10_folder(cifar_dir, tmp_path):
         assert hit.size == 1 and labels[hit[0]] == y
 
     result = experiments.run_experiment("E2", opts, 0, None, tmp_path / "out")
-    assert result.experiment == "E2" and result.verdict in ("supported", "refuted",
-                                                            "inconclusive")
+    assert result.experiment == "E2"
     assert result.extra["options"]["data"] == "cifar10"
     cells = {(r.arm, r.setting, r.metric): r for r in result.rows}
     for arm in ("fedavg", "fedf+1", "random-ternary"):

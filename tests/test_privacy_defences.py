@@ -156,3 +156,64 @@ def test_clopper_pearson_matches_scipy():
     for k, n in ((0, 20), (7, 20), (20, 20)):
         ci = sps.binomtest(k, n).proportion_ci(0.95, method="exact")
         np.testing.assert_allclose(stats.clopper_pearson(k, n), (ci.low, ci.high), atol=1e-9)
+
+
+# ---- intervals over seeds --------------------------------------------------------------
+
+def test_interval_of_a_bounded_mean_stays_in_its_range():
+    # two F1 values: the Student-t interval (12.7 x the standard error) is [-5.2, 6.2]
+    half = sps.t.ppf(0.975, 1) * np.std([0.05, 0.95], ddof=1) / math.sqrt(2)
+    assert 0.5 - half < -5 and 0.5 + half > 6
+    iv = stats.mean_interval([0.05, 0.95], stats.metric_range("f1"))
+    assert (iv.mean, iv.lo, iv.hi, iv.n, iv.method) == (0.5, 0.0, 1.0, 2, "student-t clipped")
+    psnr = stats.mean_interval([3.0, 40.0, 9.0], stats.metric_range("psnr_db"))
+    assert psnr.lo == 0.0 and psnr.hi < stats.PSNR_CAP_DB
+    # inside the range: the plain Student-t interval (t(2) = 4.3027, sd 0.1, n = 3)
+    iv = stats.mean_interval([0.4, 0.5, 0.6], stats.metric_range("auc"))
+    np.testing.assert_allclose([iv.lo, iv.hi], [0.5 - 0.248414, 0.5 + 0.248414], atol=1e-6)
+    assert iv.method == "student-t"
+
+
+def test_a_single_value_has_no_interval():
+    iv = stats.mean_interval([0.7, float("nan")], stats.metric_range("f1"))
+    assert (iv.mean, iv.n, iv.method) == (0.7, 1, "n=1")
+    assert math.isnan(iv.lo) and math.isnan(iv.hi)
+    none = stats.mean_interval([float("nan")])
+    assert none.n == 0 and math.isnan(none.mean) and none.method == "n=0"
+
+
+def test_rates_get_clopper_pearson_intervals_not_a_zero_width_one():
+    # five successes of five: the exact interval is [0.025^(1/5), 1] = [0.478, 1]
+    iv = stats.mean_interval([1.0] * 5, stats.metric_range("victim_pilot"))
+    assert iv.method == "clopper-pearson" and iv.hi == 1.0
+    assert iv.lo == pytest.approx(0.025 ** (1 / 5)) == pytest.approx(0.4782, abs=1e-4)
+    ci = sps.binomtest(1, 5).proportion_ci(0.95, method="exact")
+    np.testing.assert_allclose(stats.mean_interval([0, 0, 1, 0, 0], (0, 1))[1:3],
+                               (ci.low, ci.high), atol=1e-9)
+    # a PSNR at its cap in every seed: the same bound, on [0, cap] dB
+    cap = stats.mean_interval([stats.PSNR_CAP_DB] * 4, stats.metric_range("psnr_db"))
+    assert cap.lo == pytest.approx(stats.PSNR_CAP_DB * 0.025 ** (1 / 4))
+    # equal values inside the range have no spread to build an interval from: flagged
+    same = stats.mean_interval([0.25] * 4, stats.metric_range("recovered"))
+    assert (same.lo, same.hi, same.method) == (0.25, 0.25, "all equal")
+
+
+def test_interval_rejects_a_value_outside_the_metric_range():
+    with pytest.raises(ValueError, match=r"value 1\.5 lies outside the metric's range"):
+        stats.mean_interval([0.5, 1.5], stats.metric_range("auc"))
+    with pytest.raises(ValueError, match="low < high"):
+        stats.mean_interval([0.5], (1.0, 0.0))
+    # a metric without a declared range is unbounded: nothing is clipped
+    iv = stats.mean_interval([-3.0, 5.0], stats.metric_range("unknown"))
+    assert iv.lo < -3 and iv.hi > 5 and iv.method == "student-t"
+
+
+def test_every_reported_metric_has_a_declared_range():
+    import json
+    from pathlib import Path
+
+    results = Path(__file__).resolve().parents[1] / "sims" / "privacy" / "results"
+    metrics = {r["metric"] for f in results.glob("*/result.json")
+               for r in json.loads(f.read_text())["rows"]}
+    assert len(metrics) > 30
+    assert metrics <= set(stats.METRIC_RANGES), sorted(metrics - set(stats.METRIC_RANGES))

@@ -5,6 +5,7 @@ report.md and summary.json.
 """
 
 import argparse
+import importlib.util
 import json
 import subprocess
 import sys
@@ -253,12 +254,106 @@ def test_old_log_without_algorithm_is_fedf(root):
 def test_grouping_ignores_n_for_centralized_only(root):
     groups = runs.group_runs(runs.load_runs([root])[0])
     keys = list(groups)
-    assert keys[0] == runs.GroupKey("digits", "mlp", "Centralized", None)
+    assert keys[0][:4] == ("digits", "mlp", "Centralized", None) and keys[0].variant == ()
     assert [r.seed for r in groups[keys[0]]] == [0, 1, 2]
     assert [k.label for k in keys] == ["Centralized", "FEDF (d=+1)", "FEDF (d=+1)",
                                        "FEDF (d=-1)", "FedAvg", "FedAvg (C=0.5)",
                                        "Phong et al.", "TernGrad"]
     assert [k.workers for k in keys][1:3] == [3, 5]
+
+
+def _grouped(tmp_path, capsys, *specs):
+    """Writes one run per (folder, config, accuracies); runs `fedf report` on them.
+
+    Returns (accuracy section of report.md, summary.json, what was printed)."""
+    for folder, config, acc in specs:
+        write_run(tmp_path / folder, config, acc)
+    parser = argparse.ArgumentParser()
+    report.add_arguments(parser)
+    assert report.main(parser.parse_args([str(tmp_path), "--out", str(tmp_path / "rep")])) == 0
+    printed = capsys.readouterr().out
+    md = (tmp_path / "rep" / "report.md").read_text()
+    summary = json.loads((tmp_path / "rep" / "summary.json").read_text())
+    return section(md, "Test accuracy"), summary, printed
+
+
+def test_runs_differing_only_in_epochs_are_separate_rows_and_seeds_still_merge(tmp_path,
+                                                                                 capsys):
+    acc, summary, printed = _grouped(
+        tmp_path, capsys,
+        ("e6/s0", cfg("fedf", 3, 0), [0.5, 0.6]), ("e6/s1", cfg("fedf", 3, 1), [0.5, 0.8]),
+        ("e10/s0", cfg("fedf", 3, 0, epochs=10), [0.5, 0.9]))
+    six = row(acc, "FEDF (d=+1) [epochs=6]", 3)
+    assert six[0] == f"0.7000 ± {np.std([0.6, 0.8], ddof=1):.4f} (n=2)"
+    assert row(acc, "FEDF (d=+1) [epochs=10]", 3)[0] == "0.9000 (n=1)"
+    groups = {g["name"]: g for g in summary["groups"]}
+    assert groups["FEDF (d=+1) [epochs=6]"]["seeds"] == [0, 1]
+    assert groups["FEDF (d=+1) [epochs=10]"]["variant"] == {"epochs": "10"}
+    assert "merged: digits/mlp FEDF (d=+1) [epochs=6] N=3: 2 runs, seeds 0, 1" in printed
+    assert ("split: digits/mlp FEDF (d=+1) N=3 into 2 groups by epochs: epochs=6; epochs=10"
+            in printed)
+    assert summary["notes"] == []  # nothing averaged across configs, nothing to warn about
+
+
+def test_runs_differing_in_partition_scheme_or_backend_are_separate_rows(tmp_path, capsys):
+    acc, summary, printed = _grouped(
+        tmp_path, capsys,
+        ("iid", cfg("fedf", 3, 0, partition="iid"), [0.5]),
+        ("dir", cfg("fedf", 3, 0, partition="label-dirichlet"), [0.6]),
+        ("b3", cfg("fedf", 3, 0, partition="iid", scheme="base3"), [0.7]),
+        ("sh", cfg("fedf", 3, 0, partition="iid", backend="sharded"), [0.8]))
+    names = [g["name"] for g in summary["groups"]]
+    assert len(names) == len(set(names)) == 4
+    # fields in the order of the logged config
+    assert row(acc, "FEDF (d=+1) [scheme=2bit, partition=label-dirichlet, backend=vmap]",
+               3)[0] == "0.6000 (n=1)"
+    assert row(acc, "FEDF (d=+1) [scheme=base3, partition=iid, backend=vmap]",
+               3)[0] == "0.7000 (n=1)"
+    assert row(acc, "FEDF (d=+1) [scheme=2bit, partition=iid, backend=sharded]",
+               3)[0] == "0.8000 (n=1)"
+    assert "groups differ in scheme, partition, backend" in printed
+
+
+def test_old_logs_without_newer_fields_merge_with_their_defaults(tmp_path, capsys):
+    new = cfg("fedf", 3, 1, backend="vmap", devices=None, width=None, augment=False,
+              image_size=None, tile=None, fraction=1.0, scan_epochs=1)
+    acc, summary, printed = _grouped(
+        tmp_path, capsys, ("old", cfg(None, 3, 0), [0.4, 0.6]), ("new", new, [0.5, 0.8]))
+    assert row(acc, "FEDF (d=+1)", 3)[0] == f"0.7000 ± {np.std([0.6, 0.8], ddof=1):.4f} (n=2)"
+    assert "merged: digits/mlp FEDF (d=+1) N=3: 2 runs, seeds 0, 1" in printed
+    # a field the older log lacks and no default is known for: never merged
+    odd = cfg("fedf", 3, 2, new_knob=3)
+    acc, summary, _ = _grouped(tmp_path / "odd", capsys, ("a", cfg("fedf", 3, 0), [0.4]),
+                               ("b", odd, [0.5]))
+    assert {g["name"] for g in summary["groups"]} == {"FEDF (d=+1) [new_knob=absent]",
+                                                      "FEDF (d=+1) [new_knob=3]"}
+
+
+def test_worker_specs_split_groups_and_centralized_uses_the_first_spec(tmp_path):
+    spec = {"lr": 0.2, "batch_size": 10, "local_epochs": 1, "optimizer": "sgd",
+            "momentum": 0.9}
+    fast = {**spec, "lr": 0.5}
+    write_run(tmp_path / "a", cfg("fedf", 2, 0, worker_specs=[spec, spec]), [0.5])
+    write_run(tmp_path / "b", cfg("fedf", 2, 1, worker_specs=[spec, spec]), [0.6])
+    write_run(tmp_path / "c", cfg("fedf", 2, 0, worker_specs=[spec, fast]), [0.7])
+    write_run(tmp_path / "d", cfg("central", 2, 0, worker_specs=[spec, spec]), [0.9])
+    write_run(tmp_path / "e", cfg("central", 3, 1, worker_specs=[spec, fast, fast]), [0.8])
+    groups = runs.group_runs(runs.load_runs([tmp_path])[0])
+    by = {k.name: [r.seed for r in v] for k, v in groups.items()}
+    # the two centralized runs train with the same first spec: one group over N = 2, 3
+    assert by["Centralized"] == [0, 1]
+    assert by["FEDF (d=+1) [worker.lr=0.2]"] == [0, 1]
+    assert by["FEDF (d=+1) [worker[0].lr=0.2, worker[1].lr=0.5]"] == [0]
+
+
+def test_gap_uses_the_centralized_group_of_the_same_epochs(tmp_path, capsys):
+    acc, summary, printed = _grouped(
+        tmp_path, capsys,
+        ("c6", cfg("central", 1, 0), [0.8]), ("c10", cfg("central", 1, 0, epochs=10), [0.9]),
+        ("f10", cfg("fedf", 3, 0, epochs=10), [0.85]))
+    assert row(acc, "FEDF (d=+1) [epochs=10]", 3)[2] == "-5.00 (vs Centralized [epochs=10])"
+    assert ("reference: digits/mlp FEDF (d=+1) [epochs=10] N=3 is compared with "
+            "Centralized [epochs=10]") in printed
 
 
 def test_stat_leaves_nan_out():
@@ -314,3 +409,35 @@ def test_module_command_prints_one_line_error_and_exit_code_2(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and str(missing) in proc.stderr, proc.stderr
     assert proc.stderr.startswith("python -m analysis.report: error:")
+
+
+def _load_script(path: Path):
+    """A sims script as a module; sys.path and the sims modules it imports are put back."""
+    path_before, modules_before = list(sys.path), set(sys.modules)
+    spec = importlib.util.spec_from_file_location(f"_script_{path.parent.name}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = path_before
+        for name in set(sys.modules) - modules_before:
+            if str(getattr(sys.modules[name], "__file__", "") or "").startswith(str(path.parent)):
+                del sys.modules[name]
+    return module
+
+
+@pytest.mark.parametrize("script", ["paper/make_results.py", "bench/run_all.py",
+                                    "privacy/run_all.py"])
+def test_quick_runs_write_to_a_git_ignored_quick_folder(script):
+    repo = Path(__file__).resolve().parents[1]
+    path = repo / "sims" / script
+    module = _load_script(path)
+    here = path.parent
+    assert Path(module.output_dir(False)) == here
+    assert Path(module.output_dir(True)) == here / "quick"
+    assert Path(module.output_dir(True, "elsewhere")) == Path("elsewhere")
+    ignored = (repo / ".gitignore").read_text().splitlines()
+    assert f"sims/{here.name}/quick/" in ignored
+    if script.startswith("paper"):  # quick run logs apart from the ones a full run resumes
+        assert module.runs_dir("digits-mlp", True) != module.runs_dir("digits-mlp", False)
+

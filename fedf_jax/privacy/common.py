@@ -1,4 +1,9 @@
-"""Types shared by the privacy experiments: options, results, defences, intervals."""
+"""Types shared by the privacy experiments: options, results, defences, intervals.
+
+Intervals over seeds come from :func:`fedf_jax.privacy.stats.mean_interval`: 95 %,
+inside the metric's range (:data:`fedf_jax.privacy.stats.METRIC_RANGES`), none for a
+single value.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,8 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol
 
 import jax
-import numpy as np
-from scipy import stats
+
+from fedf_jax.privacy import stats
 
 VERDICTS = ("supported", "refuted", "inconclusive")
 
@@ -60,9 +65,10 @@ class Row(NamedTuple):
     setting: str  # e.g. "n_k=4 E=1 B=8 t=1"
     metric: str  # e.g. "psnr_db", "f1", "auc"
     mean: float
-    lo: float  # 95 % interval over seeds (lo == hi == mean for one value)
+    lo: float  # 95 % interval over seeds, inside the metric's range; NaN for one value
     hi: float
     n: int  # values averaged (seeds, or seeds x targets)
+    interval: str = ""  # how lo, hi were found (stats.INTERVALS); "" in older result files
 
 
 @dataclasses.dataclass
@@ -107,27 +113,43 @@ class Result:
                  "|---|---|---|---:|---|---:|"]
         for r in self.rows:
             lines.append(f"| {r.arm} | {r.setting} | {r.metric} | {r.mean:.4g} | "
-                         f"[{r.lo:.4g}, {r.hi:.4g}] | {r.n} |")
+                         f"{interval_text(r)} | {r.n} |")
+        lines += ["", INTERVAL_NOTE]
         if self.notes:
             lines += ["", self.notes]
         return "\n".join(lines) + "\n"
 
 
-def mean_ci95(values: Sequence[float]) -> tuple[float, float, float]:
-    """(mean, lo, hi): the mean and its two-sided 95 % Student-t interval.
+INTERVAL_NOTE = ("Intervals: two-sided 95 % over the n values, Student-t clipped to the "
+                 "metric's range (F1, AUC, rates and accuracies in [0, 1], PSNR in "
+                 f"[0, {stats.PSNR_CAP_DB:g}] dB, SSIM in [-1, 1]); CP: Clopper-Pearson, "
+                 "where every value is at an end of the range (a rate of successes); "
+                 "none for a single value; \"all equal\" where the n values are identical "
+                 "(no spread to estimate).")
 
-    Non-finite values are dropped; one value gives a zero-width interval; none
-    gives NaNs.
+
+def interval_text(r: Row) -> str:
+    """The interval cell of a row: ``[lo, hi]``, ``[lo, hi] CP``, ``all equal (n=K)`` or
+    ``— (n=1)``."""
+    if r.interval == "n=0" or not math.isfinite(r.mean):
+        return "—"
+    if r.interval == "n=1" or not (math.isfinite(r.lo) and math.isfinite(r.hi)):
+        return f"— (n={r.n})"
+    if r.interval == "all equal":
+        return f"all equal (n={r.n})"
+    return f"[{r.lo:.4g}, {r.hi:.4g}]" + (" CP" if r.interval == "clopper-pearson" else "")
+
+
+def mean_ci95(values: Sequence[float], metric: str | None = None
+              ) -> tuple[float, float, float]:
+    """(mean, lo, hi): the mean and its two-sided 95 % interval inside ``metric``'s range
+    (:func:`fedf_jax.privacy.stats.mean_interval`).
+
+    Non-finite values are dropped; one value has no interval (lo, hi NaN, so that no
+    criterion is met by it); none gives NaNs.
     """
-    v = np.asarray(values, np.float64)
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return math.nan, math.nan, math.nan
-    m = float(v.mean())
-    if v.size == 1:
-        return m, m, m
-    half = float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
-    return m, m - half, m + half
+    iv = stats.mean_interval(values, stats.metric_range(metric))
+    return iv.mean, iv.lo, iv.hi
 
 
 def conclude(refute: Sequence[str], support: bool, supported: str, inconclusive: str,
@@ -141,10 +163,9 @@ def conclude(refute: Sequence[str], support: bool, supported: str, inconclusive:
 
 
 def row(arm: str, setting: str, metric: str, values: Sequence[float]) -> Row:
-    """A Row from the per-seed values of one cell."""
-    m, lo, hi = mean_ci95(values)
-    return Row(arm, setting, metric, m, lo, hi, int(np.isfinite(np.asarray(values,
-                                                                           float)).sum()))
+    """A Row from the per-seed values of one cell (interval inside ``metric``'s range)."""
+    iv = stats.mean_interval(values, stats.metric_range(metric))
+    return Row(arm, setting, metric, iv.mean, iv.lo, iv.hi, iv.n, iv.method)
 
 
 class Defence(Protocol):

@@ -129,7 +129,7 @@ def _verdict(vals) -> tuple[str, str]:
     for (arm, st, metric), v in vals.items():
         if not arm.startswith("fedf") or "+" in arm[6:]:
             continue
-        m, lo, _ = mean_ci95(v)
+        m, lo, _ = mean_ci95(v, metric)
         if metric == "recovered_best_worker":
             if lo > 0.1:
                 refute.append(f"{arm} {st}: {m:.0%} of a worker's samples recovered")

@@ -313,7 +313,7 @@ def _verdict(vals) -> tuple[str, str]:
     for (arm, st, metric), v in vals.items():
         if not st.startswith("N-2") or metric != "trits_right":
             continue
-        m, lo, _ = mean_ci95(v)
+        m, lo, _ = mean_ci95(v, metric)
         base = float(np.mean(vals.get((arm, st, "constant_guess"), [np.nan])))
         if lo > base + 0.05:
             refute.append(f"{arm} {st}: {m:.3f} right vs {base:.3f} by a constant guess")

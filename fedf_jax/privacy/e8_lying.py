@@ -137,8 +137,8 @@ def _verdict(vals, arms) -> tuple[str, str]:
             res = vals.get((arm, strategy, "residual"))
             if not res:
                 continue
-            m, _, hi = mean_ci95(res)
-            pm, plo, _ = mean_ci95(vals[(arm, strategy, "victim_pilot")])
+            m, _, hi = mean_ci95(res, "residual")
+            pm, plo, _ = mean_ci95(vals[(arm, strategy, "victim_pilot")], "victim_pilot")
             if m < 0.1 and hi < 0.2 and plo > 0.2:
                 refute.append(f"{arm} '{strategy}': residual {m:.2g}, victim pilot in "
                               f"{pm:.0%} of epochs")

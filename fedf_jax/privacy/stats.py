@@ -1,5 +1,5 @@
 """Attack-success statistics: ROC AUC, TPR at a fixed FPR, set F1, balanced accuracy,
-Clopper-Pearson intervals.
+Clopper-Pearson intervals, and the 95 % interval of a metric's mean over seeds.
 
 Host-side numpy. Scores follow one convention throughout: a larger score means
 "more likely positive" (a member, a held class, a worker with the property).
@@ -8,11 +8,117 @@ Host-side numpy. Scores follow one convention throughout: a larger score means
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 from scipy import stats
+
+from fedf_jax.privacy.metrics import PSNR_CAP_DB
+
+_UNIT = (0.0, 1.0)
+_PSNR = (0.0, PSNR_CAP_DB)  # images clipped to [0, 1]: MSE <= 1; exact scores the cap
+_SIGNED = (-1.0, 1.0)
+_NONNEG = (0.0, math.inf)
+# The range of every metric the experiments report; a metric not listed is unbounded.
+METRIC_RANGES: dict[str, tuple[float, float]] = {
+    # rates, shares, AUCs, F1 scores, accuracies
+    **dict.fromkeys(("auc", "f1", "tpr@1%fpr", "class_f1", "class_f1_chance", "e2_class_f1",
+                     "e4_member_auc", "test_accuracy", "label_acc", "iip", "iip_chance",
+                     "analytic_iip", "analytic_iip_chance", "opt_iip", "opt_iip_chance",
+                     "recovered", "recovered_best_worker", "trits_right", "identifiable",
+                     "size_right", "sizes_found", "ambiguous", "constant_guess",
+                     "victim_pilot", "colluder_pilot", "victim_exposed"), _UNIT),
+    **dict.fromkeys(("psnr_db", "analytic_psnr_db", "opt_psnr_db", "victim_psnr_db"), _PSNR),
+    **dict.fromkeys(("ssim", "analytic_ssim", "opt_ssim", "accuracy_drop"), _SIGNED),
+    **dict.fromkeys(("residual", "q_max_abs_err", "audited_eps_lb", "accountant_eps",
+                     "accountant_eps_all_rounds"), _NONNEG),
+}
+ALPHA = 0.05  # every interval over seeds is two-sided 95 %
+# How :func:`mean_interval` found an interval (the ``interval`` field of a result row).
+INTERVALS = {
+    "student-t": "Student-t interval of the mean",
+    "student-t clipped": "Student-t interval of the mean, clipped to the metric's range",
+    "clopper-pearson": "every value at an end of the range: Clopper-Pearson interval of "
+                       "the share at the top end (a rate)",
+    "all equal": "every value the same: no spread to build an interval from (lo = hi = "
+                 "the value)",
+    "n=1": "one value: no interval (lo, hi NaN)",
+    "n=0": "no finite value",
+}
+
+
+def metric_range(metric: str | None) -> tuple[float, float]:
+    """(low, high) of a metric's values (:data:`METRIC_RANGES`; unbounded if unknown)."""
+    return METRIC_RANGES.get(metric or "", (-math.inf, math.inf))
+
+
+class Interval(NamedTuple):
+    """The mean of repeated measurements and its two-sided 95 % interval.
+
+    Attributes:
+      mean: of the finite values (NaN: none).
+      lo, hi: the interval, inside the metric's range; NaN for fewer than two values.
+      n: finite values.
+      method: a key of :data:`INTERVALS`.
+    """
+
+    mean: float
+    lo: float
+    hi: float
+    n: int
+    method: str
+
+
+def mean_interval(values: npt.ArrayLike, bounds: Sequence[float] = (-math.inf, math.inf)
+                  ) -> Interval:
+    """The mean of ``values`` and its 95 % interval, kept inside ``bounds``.
+
+    * fewer than two finite values: no interval (a single seed says nothing of spread);
+    * ``bounds`` finite and every value at one of its ends (0/1 outcomes of a rate, or
+      a PSNR at its cap): the Clopper-Pearson interval of the share at the top end,
+      mapped onto ``bounds``. It is valid for any variable in ``bounds``: one with mean
+      mu is at the top end with probability at most (mu - low) / (high - low);
+    * every value equal (elsewhere): lo = hi = the value, flagged ``"all equal"`` so
+      that it is not shown as a certain interval;
+    * else the Student-t interval, clipped to ``bounds`` (a mean cannot leave them).
+
+    Args:
+      values: f[n]; NaN and inf are left out (``n`` counts the rest).
+      bounds: (low, high), the metric's range (:func:`metric_range`).
+
+    Raises:
+      ValueError: ``bounds`` is not low < high, or a value lies outside them.
+    """
+    low, high = (float(b) for b in bounds)
+    if not low < high:
+        raise ValueError(f"`bounds` (={tuple(bounds)}) must be (low, high) with low < high.")
+    v = np.asarray(values, np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return Interval(math.nan, math.nan, math.nan, 0, "n=0")
+    tol = 1e-9 * max([1.0, *(abs(b) for b in (low, high) if math.isfinite(b))])
+    bad = v[(v < low - tol) | (v > high + tol)]
+    if bad.size:
+        raise ValueError(f"value {float(bad[0])!r} lies outside the metric's range "
+                         f"[{low}, {high}]; fix the metric's entry in stats.METRIC_RANGES or "
+                         "the values.")
+    v = np.clip(v, low, high)  # rounding past an end
+    m = float(v.mean())
+    if v.size == 1:
+        return Interval(m, math.nan, math.nan, 1, "n=1")
+    at_top, at_bottom = np.abs(v - high) <= tol, np.abs(v - low) <= tol
+    if math.isfinite(low) and math.isfinite(high) and np.all(at_top | at_bottom):
+        lo, hi = clopper_pearson(int(at_top.sum()), int(v.size), ALPHA)
+        return Interval(m, low + (high - low) * lo, low + (high - low) * hi, int(v.size),
+                        "clopper-pearson")
+    if np.all(v == v[0]):
+        return Interval(m, m, m, int(v.size), "all equal")
+    half = float(stats.t.ppf(1 - ALPHA / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
+    lo, hi = max(m - half, low), min(m + half, high)
+    clipped = lo > m - half or hi < m + half
+    return Interval(m, lo, hi, int(v.size), "student-t clipped" if clipped else "student-t")
 
 
 def _labels_scores(labels: npt.ArrayLike, scores: npt.ArrayLike) -> tuple[np.ndarray,

@@ -6,8 +6,12 @@ machine description. The MPI exchange and sharded scaling benchmarks have their
 own scripts (mpi_exchange.py, sharded_scaling.py) and are not run here.
 
     python sims/bench/run_all.py            # full: about 10-15 minutes on 2 cores
-    python sims/bench/run_all.py --quick    # a smaller sweep of everything
+    python sims/bench/run_all.py --quick    # a smaller sweep, into sims/bench/quick/
     python sims/bench/run_all.py --only memory scaling   # rerun parts, keep the rest
+
+OUT (``--out``) defaults to this folder, or to ``quick/`` under it (git-ignored) with
+--quick, so that a quick check does not overwrite the committed RESULTS.md,
+results.json and scaling.png.
 """
 
 from __future__ import annotations
@@ -28,6 +32,14 @@ import round_time  # noqa: E402
 import scaling  # noqa: E402
 
 PARTS = ["kernels", "round_time", "memory", "scaling"]
+
+
+def output_dir(quick: bool, out: str | None = None) -> str:
+    """Where RESULTS.md, results.json and scaling.png go: ``out``, else this folder, or
+    its git-ignored ``quick/`` for a quick run."""
+    if out is not None:
+        return out
+    return os.path.join(HERE, "quick") if quick else HERE
 
 
 def _ms(s: float) -> str:
@@ -129,17 +141,23 @@ def markdown(res: dict) -> str:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes everywhere")
-    parser.add_argument("--out", default=HERE, help="folder for RESULTS.md, results.json, "
-                        "scaling.png (default: next to this script)")
+    parser.add_argument("--out", help="folder for RESULTS.md, results.json, scaling.png "
+                        "(default: next to this script; quick/ under it with --quick)")
     parser.add_argument("--only", nargs="+", choices=PARTS, default=PARTS,
-                        help="rerun these parts and keep the others from results.json")
+                        help="rerun these parts and keep the others from OUT/results.json")
     args = parser.parse_args()
-    os.makedirs(args.out, exist_ok=True)
+    args.out = output_dir(args.quick, args.out)
     t0 = time.perf_counter()
     res = {}
     if set(args.only) != set(PARTS):
-        with open(os.path.join(args.out, "results.json")) as f:
+        kept = os.path.join(args.out, "results.json")
+        if not os.path.isfile(kept):
+            print(f"run_all: error: --only {' '.join(args.only)} keeps the other parts from "
+                  f"{kept}, which does not exist; run every part first.", file=sys.stderr)
+            return 2
+        with open(kept) as f:
             res = json.load(f)
+    os.makedirs(args.out, exist_ok=True)
     res.update(machine=common.machine(), quick=args.quick)
     m = res["machine"]
     print(f"machine: {m['cpu']}, {m['cores']} cores, jax {m['jax']}, load {m['load_avg_1m']:.1f}")
@@ -161,8 +179,11 @@ def main():
     with open(os.path.join(args.out, "RESULTS.md"), "w") as f:
         f.write(markdown(res))
     print(f"wrote {os.path.join(args.out, 'RESULTS.md')} and results.json "
-          f"({res['wall_s'] / 60:.1f} min)")
+          f"({res['wall_s'] / 60:.1f} min)"
+          + (" — a quick run; the committed sims/bench/RESULTS.md is unchanged"
+             if args.quick and os.path.abspath(args.out) != HERE else ""))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

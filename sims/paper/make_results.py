@@ -2,11 +2,15 @@
 whose verdicts are computed from the numbers.
 
     python sims/paper/make_results.py            # digits: ~5 min on a 2-core CPU
-    python sims/paper/make_results.py --quick    # 2 seeds, 8 epochs
+    python sims/paper/make_results.py --quick    # 2 seeds, 8 epochs, into sims/paper/quick/
     python sims/paper/make_results.py --data cifar10 --data-dir ~/data/cifar10 --epochs 50
 
 It runs (resuming finished runs) ``table2.py``, then ``table3.py`` and
 ``fig4_tradeoff.py``, and reads the numbers back from the report's summary.json.
+Everything goes to OUT (``--out``; default this folder: RESULTS.md, table3.md and
+<data>-<model>/); with --quick, OUT defaults to ``quick/`` here (git-ignored) and
+the run logs to runs/paper/quick/, so a check overwrites neither the committed
+results nor the logs a full run resumes from.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fig4_tradeoff  # noqa: E402
 import table2  # noqa: E402
 import table3  # noqa: E402
-from grid import data_args, default_model  # noqa: E402
+from grid import data_args, default_model, fail  # noqa: E402
 
 from fedf_jax import runlog  # noqa: E402
 
@@ -31,13 +35,41 @@ HERE = Path(__file__).resolve().parent
 PAPER_GAP = 4.5  # "within 4.5 % of the centrally-trained models"
 
 
+def output_dir(quick: bool, out: str | Path | None = None) -> Path:
+    """Where RESULTS.md, table3.md and the report go: ``out``, else this folder, or its
+    git-ignored ``quick/`` for a quick run."""
+    if out is not None:
+        return Path(out)
+    return HERE / "quick" if quick else HERE
+
+
+def runs_dir(tag: str, quick: bool) -> Path:
+    """The run logs' folder (quick runs apart: a quick grid would replace full runs)."""
+    return Path("runs") / "paper" / ("quick" if quick else "") / tag
+
+
 def _groups(summary):
-    return {(g["label"], g["workers"] if isinstance(g["workers"], int) else 0): g
-            for g in summary["groups"]}
+    out = {}
+    for g in summary["groups"]:
+        key = (g["label"], g["workers"] if isinstance(g["workers"], int) else 0)
+        if key in out:
+            raise ValueError(f"two groups of {key[0]} with N = {key[1]} "
+                             f"({out[key].get('name')}, {g.get('name')}): the runs differ in "
+                             "their config; rerun table2.py into an empty --runs folder.")
+        out[key] = g
+    return out
 
 
 def _fmt(stat, digits=4):
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def _relative(path: Path) -> Path:
+    """``path`` relative to the working folder when it is below it (for RESULTS.md)."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path
 
 
 def discussion(summary, workers, trade) -> list[str]:
@@ -124,42 +156,54 @@ def main(argv=None) -> int:
     data_args(p)
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--quick", action="store_true", help="2 seeds, 8 epochs")
+    p.add_argument("--quick", action="store_true",
+                   help="2 seeds, 8 epochs, written to sims/paper/quick/ (not the committed "
+                   "results)")
+    p.add_argument("--out", help="folder for RESULTS.md, table3.md and the report (default: "
+                   "this folder; sims/paper/quick/ with --quick)")
     args = p.parse_args(argv)
     model = default_model(args.data, args.model)
     tag = f"{args.data}-{model}"
+    out = output_dir(args.quick, args.out)
+    logs = runs_dir(tag, args.quick)
     flags = ["--data", args.data, "--model", model, "--epochs", str(args.epochs),
              "--seeds", str(args.seeds)] + (["--data-dir", args.data_dir] if args.data_dir
                                             else []) + (["--quick"] if args.quick else [])
-    if table2.main(flags) != 0:
+    where = [] if (logs, out) == (runs_dir(tag, False), HERE) else [
+        "--runs", str(logs), "--report", str(_relative(out / tag))]  # not table2's defaults
+    if table2.main(flags + where) != 0:
         return 2
-    runs_dir = Path("runs") / "paper" / tag
-    summary = json.loads((HERE / tag / "summary.json").read_text(encoding="utf-8"))
+    summary = json.loads((out / tag / "summary.json").read_text(encoding="utf-8"))
     bytes_table = table3.table()
-    (HERE / "table3.md").write_text(bytes_table, encoding="utf-8")
+    (out / "table3.md").write_text(bytes_table, encoding="utf-8")
     workers = (3, 4, 5)
     try:
-        e, acc, _, sp, c = fig4_tradeoff.tradeoff([runs_dir], max(workers))
-        fig4_tradeoff.plot(e, acc, _, sp, c, max(workers), HERE / tag / "fig4_tradeoff.png")
+        e, acc, _, sp, c = fig4_tradeoff.tradeoff([logs], max(workers))
+        fig4_tradeoff.plot(e, acc, _, sp, c, max(workers), out / tag / "fig4_tradeoff.png")
         trade = (e, acc, sp, c)
     except ValueError:
         trade = None
-    report_md = (HERE / tag / "report.md").read_text(encoding="utf-8")
+    report_md = (out / tag / "report.md").read_text(encoding="utf-8")
     tables = report_md[report_md.index("## "):] if "## " in report_md else report_md
+    try:
+        paragraphs = discussion(summary, workers, trade)
+    except ValueError as e:
+        fail(str(e))
     versions = runlog.versions()
+    shown = _relative(out)
     lines = [
         "# The paper's results, regenerated", "",
         f"Generated by `python sims/paper/make_results.py {' '.join(argv or [])}`".rstrip()
         + f" on {time.strftime('%Y-%m-%d')} ({platform.machine()} CPU, jax "
         f"{versions['jax']}); finished runs are reused. Its steps, each runnable alone:", "",
         "```bash",
-        f"python sims/paper/table2.py {' '.join(flags)}   # run logs -> {runs_dir}/, "
-        f"report -> sims/paper/{tag}/",
-        f"fedf report {runs_dir} --out sims/paper/{tag}              # the same tables "
+        f"python sims/paper/table2.py {' '.join(flags + where)}   # run logs -> {logs}/, "
+        f"report -> {shown / tag}/",
+        f"fedf report {logs} --out {shown / tag}              # the same tables "
         "and figures from the logs",
         "python sims/paper/table3.py                                  # bytes per epoch",
-        f"python sims/paper/fig4_tradeoff.py {runs_dir} --workers 5 --out "
-        f"sims/paper/{tag}/fig4_tradeoff.png",
+        f"python sims/paper/fig4_tradeoff.py {logs} --workers 5 --out "
+        f"{shown / tag}/fig4_tradeoff.png",
         "```", "",
         f"Setup: {args.data}, {model}, {summary['groups'][1]['runs']} seeds per cell, "
         "IID shards, every worker one local epoch of SGD (lr 0.2, batch 10), alpha0 = 0.01, "
@@ -167,7 +211,7 @@ def main(argv=None) -> int:
         "message round (`modeled_s`, README). Centralized = one worker with the whole "
         "training set, same loop.", "",
         "## Discussion", "",
-        *[f"- {para}" for para in discussion(summary, workers, trade)], "",
+        *[f"- {para}" for para in paragraphs], "",
         "## Table 3: bytes per epoch", "", bytes_table, "",
         "## Figures", "",
         f"- Fig. 2 analog, speedup vs N (in modeled time to the target accuracy; the "
@@ -182,8 +226,10 @@ def main(argv=None) -> int:
         "## Tables from `fedf report` (Table 2 analog, bytes, time to target)", "",
         tables.replace("## ", "### "),
     ]
-    (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print(f"written to {HERE / 'RESULTS.md'}")
+    (out / "RESULTS.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"written to {out / 'RESULTS.md'} (with {out / 'table3.md'} and {out / tag}/)"
+          + (" — a quick run; the committed sims/paper/RESULTS.md is unchanged"
+             if args.quick and out != HERE else ""))
     return 0
 
 

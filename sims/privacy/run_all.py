@@ -29,10 +29,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fedf_jax.privacy import experiments  # noqa: E402
-from fedf_jax.privacy.common import Result  # noqa: E402
+from fedf_jax.privacy.common import Result, interval_text  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 MAX_PANELS = 6
+
+
+def output_dir(quick: bool, out: str | Path | None = None) -> Path:
+    """Where RESULTS.md, results/ and plots/ go: ``out``, else this folder, or its
+    git-ignored ``quick/`` for a quick run."""
+    if out is not None:
+        return Path(out)
+    return HERE / "quick" if quick else HERE
 
 
 def get_config(quick: bool = False, seeds: int | None = None):
@@ -81,7 +89,7 @@ def defence_costs(results: dict[str, Result]) -> list[str]:
             e = eps.get(arm)
             base = acc.get(_base_arm(arm))
             own = "" if base is None else f"{base.mean - r.mean:+.3f}"
-            lines.append(f"| {arm} | {r.mean:.3f} | [{r.lo:.3f}, {r.hi:.3f}] | "
+            lines.append(f"| {arm} | {r.mean:.3f} | {interval_text(r)} | "
                          f"{ref - r.mean:+.3f} | {own} | {'' if e is None else f'{e:.3g}'} |")
     else:
         lines.append("E9 was not run: no accuracy cost of the defences here.")
@@ -92,7 +100,7 @@ def defence_costs(results: dict[str, Result]) -> list[str]:
         for r in e8.rows:
             if r.metric == "accuracy_drop":
                 lines.append(f"| {r.setting} | {r.arm} | {r.mean:+.3f} | "
-                             f"[{r.lo:.3f}, {r.hi:.3f}] |")
+                             f"{interval_text(r)} |")
     return lines
 
 
@@ -163,8 +171,10 @@ def write_report(results: dict[str, Result], out: Path, mode: str, walls: dict[s
         f"UTC on {platform.machine()} ({os.cpu_count()} CPUs visible); data "
         f"`{opts.get('data', 'digits')}`, N = {opts.get('workers', '?')} workers, "
         f"{opts.get('seeds', '?')} seeds, delta = {opts.get('delta', '?')}. "
-        "Intervals are two-sided 95 % Student-t intervals over seeds (or seeds x epochs "
-        "where a row pools epochs); with 2-5 values they are wide.",
+        "Intervals are two-sided 95 % intervals over seeds (or seeds x epochs where a row "
+        "pools epochs), kept inside each metric's range: Student-t clipped to the range, "
+        "Clopper-Pearson where every value sits at an end of it, none for a single value "
+        "(`stats.mean_interval`); with 2-5 values they are wide.",
         "",
         "Reproduce: `python sims/privacy/run_all.py" + (" --quick" if mode == "quick" else "")
         + "`; one experiment: `fedf attack --experiment E7 --out DIR` (or "
@@ -222,11 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a CI-size check")
     parser.add_argument("--seeds", type=int, help="seeds per experiment (default 5; quick 2)")
     parser.add_argument("--only", help="comma-separated experiments, e.g. E1,E7")
-    parser.add_argument("--out", type=Path, help="output folder (default: this folder)")
+    parser.add_argument("--out", type=Path, help="output folder (default: this folder; "
+                        "quick/ under it with --quick)")
     parser.add_argument("--from-results", action="store_true",
                         help="rebuild RESULTS.md and plots from OUT/results/*/result.json")
     args = parser.parse_args(argv)
-    out = args.out or (HERE / "quick" if args.quick else HERE)
+    out = output_dir(args.quick, args.out)
     mode = "quick" if args.quick else "full"
     try:
         names = ([n.strip().upper() for n in args.only.split(",")] if args.only
@@ -271,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         walls = {n: walls[n] for n in experiments.MODULES if n in walls}
         failed = {n: why for n, why in failed.items() if n not in results}
     path = write_report(results, out, mode, walls, failed)
-    print(f"wrote {path}")
+    print(f"wrote {path}" + (" — a quick run; the committed sims/privacy/RESULTS.md is "
+                             "unchanged" if args.quick and out != HERE else ""))
     return 0
 
 
