@@ -1,19 +1,26 @@
 """The ``fedf`` command.
 
-``fedf simulate`` runs FEDF with every worker simulated on this machine (one
-jitted, vmapped step per global epoch), prints a per-epoch table and a summary,
-and writes the JSONL run log. Known errors print one line and exit with code 2.
+``fedf simulate`` runs FEDF (or a baseline) with every worker simulated on this
+machine, prints a per-epoch table and a summary, and writes the JSONL run log and
+``final_model.npy``; ``fedf train`` runs it over MPI; ``fedf report`` and ``fedf
+attack`` read run logs and run privacy experiments. The run flags come from the
+fields of ``fedf_jax.config``. Known errors print one line and exit with code 2;
+flags are checked before JAX is imported, so a bad one is answered at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+import os
 import sys
+import threading
 import time
 from pathlib import Path
 
 from fedf_jax import config as config_lib
+from fedf_jax import config_files
 
 EPILOG = """\
 examples:
@@ -25,7 +32,8 @@ examples:
   fedf report runs/                               # tables and plots from run logs
 
 A config file (JSON or TOML) sets any option by its long name with '_' for '-'
-and may give each worker its own private spec:
+(or in sections [run], [data], [model], [master]) and may give each worker its
+own private spec:
   [[worker]]
   lr = 0.05
   optimizer = "sgd"
@@ -35,6 +43,25 @@ and may give each worker its own private spec:
   batch_size = 32
 Flags given on the command line override the file.
 """
+
+TRAIN_EPILOG = """\
+examples:
+  mpiexec -n 4 fedf train --workers 6 --out runs/mpi         # 3 worker ranks, 2 workers each
+  mpiexec -n 4 fedf train --out runs/mpi --checkpoint-every 5
+  mpiexec -n 4 fedf train --out runs/mpi --checkpoint-every 5 --resume
+  mpiexec -n 3 python -m mpi4py -m fedf_jax.cli train --workers 2
+
+Any error on any rank ends the whole job (MPI_Abort) with a message naming the rank.
+"""
+
+# Sections of the run flags in --help, and the fields each shows.
+_GROUPS = (("federation", ("run", "master", "workers"),
+            ("algorithm", "fraction", "workers", "epochs", "alpha0", "beta", "direction",
+             "scheme", "seed", "groups", "group_epochs")),
+           ("ADMM linear SVM (--algorithm admm-svm)", ("master",), ("svm_c", "rho", "tol")),
+           ("model and data", ("model", "data"), None),
+           ("run", ("run",), ("bandwidth", "latency", "backend", "devices", "scan_epochs")))
+_FILE_ONLY = ("worker_specs", "default_worker", "group_workers")
 
 
 def _csv(kind):
@@ -48,10 +75,54 @@ def _csv(kind):
     return parse
 
 
-def _direction(text: str) -> int:
-    if text not in ("1", "+1", "-1"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be +1 or -1")
-    return int(text)
+def _add_field(group, f: dataclasses.Field, default) -> None:
+    """One flag from a config field: its flat name, type, choices and help."""
+    name = config_lib.flat_name(f)
+    meta, kind = f.metadata, str(f.type)
+    kw: dict = {"dest": name, "help": meta["help"]}
+    if "csv" in meta:
+        kw["type"] = _csv(meta["csv"])
+    elif kind.startswith("bool"):
+        kw["action"] = argparse.BooleanOptionalAction
+        kw["default"] = None
+    elif kind.startswith("int"):
+        kw["type"] = int
+    elif kind.startswith("float"):
+        kw["type"] = float
+    if "choices" in meta:
+        kw["choices"] = meta["choices"]
+    if "metavar" in meta:
+        kw["metavar"] = meta["metavar"]
+    if default is not None and "action" not in kw:
+        kw["help"] += f" (default {default})"
+    group.add_argument("--" + name.replace("_", "-"), **kw)
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of a run, shared by ``simulate`` and ``train``, from the config fields."""
+    d = config_lib.RunConfig()
+    done = set(_FILE_ONLY)
+    for title, sections, names in _GROUPS:
+        g = p.add_argument_group(title)
+        for section in sections:
+            obj = getattr(d, section)
+            for f in dataclasses.fields(obj):
+                flat = config_lib.flat_name(f)
+                if flat in done or (names is not None and flat not in names):
+                    continue
+                done.add(flat)
+                _add_field(g, f, getattr(obj, f.name))
+    g = p.add_argument_group("private worker spec (all workers; a config file can give "
+                             "each worker its own)")
+    for f in dataclasses.fields(config_lib.WorkerSpec):
+        _add_field(g, f, getattr(d.workers.default, f.name))
+    g = p.add_argument_group("output")
+    g.add_argument("--config", help="JSON or TOML file of options and per-worker specs")
+    g.add_argument("--out", help="output directory for run.jsonl and final_model.npy "
+                   "(default runs/<time>-seed<S>)")
+    g.add_argument("--force", action="store_true",
+                   help="overwrite the run log of a previous run in --out")
+    g.add_argument("--quiet", action="store_true", help="print only the summary")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -73,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
         "master combines them (Eq. 3).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_run_flags(sim)
+    sim.add_argument("--centralized", action="store_true",
+                     help="also train centrally (same model, data, loop) and compare")
     train = sub.add_parser(
         "train", help="train FEDF over MPI: mpiexec -n K fedf train [flags]",
         description="Train FEDF over MPI: rank 0 is the master, ranks 1..K-1 hold the "
@@ -80,8 +153,6 @@ def build_parser() -> argparse.ArgumentParser:
         "one of `fedf simulate`. Takes every flag of `fedf simulate`, plus the MPI ones.",
         epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_run_flags(train)
-    _add_report(sub)
-    _add_attack(sub)
     g = train.add_argument_group("MPI")
     g.add_argument("--timeout", type=float,
                    help="seconds any rank waits for a message before the job is aborted, "
@@ -91,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint every E epochs into OUT/checkpoint (default: never)")
     g.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its latest checkpoint")
+    _add_report(sub)
+    _add_attack(sub)
     return parser
 
 
@@ -112,159 +185,215 @@ def _add_attack(sub) -> None:
     privacy_cli.add_arguments(att)
 
 
-def _add_run_flags(sim: argparse.ArgumentParser) -> None:
-    """The flags of a run, shared by ``simulate`` and ``train``."""
-    d = config_lib.RunConfig()
-    w = d.default_worker
-    g = sim.add_argument_group("federation")
-    g.add_argument("--algorithm", choices=config_lib.ALGORITHMS,
-                   help="fedf (default); or a baseline on the same data, model and run log: "
-                   "fedavg (example-weighted model averaging), phong (the model visits the "
-                   "workers in turn; Phong and Phuong), terngrad (synchronous SGD with "
-                   "stochastic ternary gradients; Wen et al.), central (one worker holding "
-                   "all the data)")
-    g.add_argument("--fraction", type=float,
-                   help="fedavg: fraction C of the workers sampled each round (default 1)")
-    g.add_argument("--workers", type=int, help=f"number of workers N (default {d.workers})")
-    g.add_argument("--epochs", type=int, help=f"global epochs (default {d.epochs})")
-    g.add_argument("--alpha0", type=float,
-                   help=f"master's learning rate alpha0, Eq. (3) at t=1 (default {d.alpha0})")
-    g.add_argument("--beta", type=_csv(float),
-                   help="threshold beta_k in (0,1), Eq. (5): one value or one per worker, "
-                   f"comma-separated (default {d.beta})")
-    g.add_argument("--direction", type=_direction,
-                   help="sign d of Eq. (3): +1 (default, Appendix A) or -1 (as printed)")
-    g.add_argument("--scheme", choices=("2bit", "base3"),
-                   help="ternary packing: 2bit (the paper's, 4 per byte; default) or "
-                   "base3 (5 per byte, 20%% smaller)")
-    g.add_argument("--seed", type=int, help=f"root seed of the run (default {d.seed})")
-    g = sim.add_argument_group("model and data")
-    g.add_argument("--model", help=f"model: {', '.join(config_lib.MODELS)} (default {d.model})")
-    g.add_argument("--data", help=f"data set: {', '.join(config_lib.DATASETS)} "
-                   "(default digits, bundled; synthetic-seg for --model unet)")
-    g.add_argument("--data-dir", help="local directory of a data set that is not bundled "
-                   "(cifar10: a folder with cifar-10-batches-bin or -py; segmentation: "
-                   "images/ + masks/ or ISBI train-volume.tif + train-labels.tif)")
-    g.add_argument("--width", type=int,
-                   help="U-Net base width (default 64, the classic U-Net; 8 on synthetic-seg)")
-    g.add_argument("--image-size", type=_csv(int),
-                   help="segmentation: resize images and masks to H,W")
-    g.add_argument("--tile", type=int, help="segmentation: cut images into TxT tiles")
-    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                   help="random crop and flip of training images (default: on for cifar10)")
-    g.add_argument("--partition",
-                   help=f"how data is split: {', '.join(config_lib.PARTITIONS)} "
-                   f"(default {d.partition})")
-    g.add_argument("--sizes", type=_csv(int),
-                   help="worker sizes for --partition sizes, comma-separated")
-    g.add_argument("--dirichlet-alpha", type=float,
-                   help="Dirichlet concentration of the dirichlet partitions "
-                   f"(default {d.dirichlet_alpha}; smaller = more skewed)")
-    g = sim.add_argument_group("private worker spec (all workers; a config file can "
-                               "give each worker its own)")
-    g.add_argument("--lr", type=float, help=f"learning rate alpha_k (default {w.lr})")
-    g.add_argument("--batch-size", type=int, help=f"mini-batch size (default {w.batch_size})")
-    g.add_argument("--local-epochs", type=int,
-                   help=f"local passes per global epoch (default {w.local_epochs})")
-    g.add_argument("--optimizer", help=f"sgd, momentum or adam (default {w.optimizer})")
-    g.add_argument("--momentum", type=float, help=f"momentum coefficient (default {w.momentum})")
-    g = sim.add_argument_group("run")
-    g.add_argument("--config", help="JSON or TOML file of options and per-worker specs")
-    g.add_argument("--out", help="output directory for run.jsonl (default runs/<time>-seed<S>)")
-    g.add_argument("--centralized", action="store_true",
-                   help="also train centrally (same model, data, loop) and compare")
-    g.add_argument("--bandwidth", type=float,
-                   help=f"master link in bytes/s for the timing model (default {d.bandwidth:g})")
-    g.add_argument("--latency", type=float,
-                   help=f"seconds per message round in the timing model (default {d.latency:g})")
-    g.add_argument("--backend", choices=config_lib.BACKENDS,
-                   help="vmap: all workers batched on one device (default); sharded: workers "
-                   "spread over the local devices with shard_map")
-    g.add_argument("--devices", type=int,
-                   help="with --backend sharded: use the first K local devices (default all)")
-    g.add_argument("--scan-epochs", type=int, metavar="E",
-                   help="fedf on the vmap backend: run E epochs per jitted call (one "
-                   "lax.scan; same run log, fewer host round trips; default 1)")
-    g.add_argument("--quiet", action="store_true", help="print only the summary")
-
-
-_WORKER_FLAGS = ("lr", "batch_size", "local_epochs", "optimizer", "momentum")
-_RUN_FLAGS = ("workers", "epochs", "model", "data", "data_dir", "partition", "sizes",
-              "dirichlet_alpha", "alpha0", "beta", "direction", "scheme", "seed",
-              "bandwidth", "latency", "backend", "devices", "width", "augment",
-              "image_size", "tile", "algorithm", "fraction", "scan_epochs")
-
-
 def make_config(args: argparse.Namespace) -> config_lib.RunConfig:
     """Config file values, overridden by the flags that were given."""
-    import dataclasses
+    flat = config_files.load_file(args.config) if args.config else {}
+    flat.update({k: getattr(args, k) for k in (*config_lib.FLAT, *config_lib.SPEC_FIELDS)
+                 if getattr(args, k, None) is not None})
+    return config_lib.make(**flat)
 
-    from fedf_jax.worker import WorkerSpec
 
-    kwargs = config_lib.load_file(args.config) if args.config else {}
-    kwargs.update({k: getattr(args, k) for k in _RUN_FLAGS if getattr(args, k) is not None})
-    if kwargs.get("partition") == "sizes" or kwargs.get("sizes") is not None:
-        kwargs.setdefault("partition", "sizes")
-    overrides = {k: getattr(args, k) for k in _WORKER_FLAGS if getattr(args, k) is not None}
-    if overrides:
-        kwargs["default_worker"] = dataclasses.replace(
-            kwargs.get("default_worker", WorkerSpec()), **overrides)
-        if kwargs.get("worker_specs"):
-            kwargs["worker_specs"] = tuple(dataclasses.replace(s, **overrides)
-                                           for s in kwargs["worker_specs"])
-    if "sizes" in kwargs and kwargs["sizes"] is not None and "workers" not in kwargs:
-        kwargs["workers"] = len(kwargs["sizes"])
+def out_dir(args: argparse.Namespace, cfg: config_lib.RunConfig, resume: bool = False) -> Path:
+    """The run directory, checked before any work: it must be a directory we can
+    write, and must not hold another run's log unless ``--force`` (or ``--resume``)."""
+    if args.out:
+        out = Path(args.out)
+    else:
+        out = Path("runs") / (time.strftime("%Y%m%d-%H%M%S") + f"-seed{cfg.run.seed}")
+        k = 1
+        while out.exists():
+            k += 1
+            out = out.with_name(f"{out.name.split('~')[0]}~{k}")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out (={str(out)!r}) is a file, not a directory.")
     try:
-        return config_lib.RunConfig(**kwargs)
-    except TypeError as e:  # a wrong type in a config file
-        raise ValueError(f"bad config: {e}") from None
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--out (={str(out)!r}) cannot be created: {e.strerror or e}.") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ValueError(f"--out (={str(out)!r}) is not writable.")
+    if (out / "run.jsonl").exists() and not (resume or getattr(args, "force", False)):
+        raise ValueError(f"--out (={str(out)!r}) already holds a run log (run.jsonl); pass "
+                         "--force to overwrite it, or choose another --out.")
+    return out
 
 
-TRAIN_EPILOG = """\
-examples:
-  mpiexec -n 4 fedf train --workers 6 --out runs/mpi         # 3 worker ranks, 2 workers each
-  mpiexec -n 4 fedf train --out runs/mpi --checkpoint-every 5
-  mpiexec -n 4 fedf train --out runs/mpi --checkpoint-every 5 --resume
-  mpiexec -n 3 python -m mpi4py -m fedf_jax.cli train --workers 2
+class _Ticker:
+    """Shows the seconds spent compiling, so a long compile does not look like a hang:
+    rewrites one line on a terminal, a line every 30 s otherwise."""
 
-Any error on any rank ends the whole job (MPI_Abort) with a message naming the rank.
-"""
+    def __init__(self, say, label: str = "compiling"):
+        self.say, self.label, self.t0 = say, label, time.perf_counter()
+        self.tty = sys.stdout.isatty()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        period = 1.0 if self.tty else 30.0
+        while not self._stop.wait(period):
+            s = time.perf_counter() - self.t0
+            if self.tty:
+                self.say(f"\r{self.label} ... {s:.0f} s", end="", flush=True)
+            else:
+                self.say(f"{self.label} ... {s:.0f} s", flush=True)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return time.perf_counter() - self.t0
 
 
-def train(args: argparse.Namespace) -> int:
-    """``fedf train``: thin; the MPI backend does the work (fedf_jax/backends/mpi.py)."""
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.2f} {unit}"
+        n /= 1000
+    return f"{n:.2f} GB"
+
+
+def _short(values: list, limit: int = 8) -> str:
+    if len(values) <= limit:
+        return ",".join(map(str, values))
+    return ",".join(map(str, values[:limit])) + f",... ({len(values)})"
+
+
+def _eq8_line(result: dict, scheme: str) -> str:
+    eq8, counted = result["eq8_bytes_per_epoch"], result["bytes_per_epoch_payload"]
+    diff = counted - eq8
+    if diff == 0:
+        why = "equal"
+    elif scheme == "base3":
+        why = f"{diff:+,.0f} B: base3 packs 5 trits per byte, Eq. (8) counts 2 bits per trit"
+    else:
+        why = f"{diff:+,.0f} B: each ternary rounds up to whole bytes"
+    return (f"bytes                 {_fmt_bytes(result['bytes_total'])} in all; per epoch "
+            f"{counted:,} payload vs Eq. (8) {eq8:,.1f} ({why})")
+
+
+def simulate(args: argparse.Namespace) -> int:
+    cfg = make_config(args)
+    out = out_dir(args, cfg)
+    import jax
+    import numpy as np
+
+    from fedf_jax import algorithms, harness, simulation
+
+    say = (lambda *a, **k: None) if args.quiet else print
+    host = harness.load(cfg)
+    run, n, alg = cfg.run, cfg.n_workers, cfg.run.algorithm
+    if alg == "central":
+        who = (f"one worker holding all {len(host.union)} samples of the {n} workers' "
+               "shares")
+    else:
+        who = (f"{n} workers ({cfg.data.partition}, sizes "
+               f"{_short([len(p) for p in host.parts])})")
+    m = cfg.master
+    what = {"fedf": f"d = {m.direction:+d}, {m.scheme} ternaries",
+            "fedavg": f"C = {run.fraction:g}", "phong": "sequential", "terngrad": "2-bit",
+            "central": "no messages",
+            "admm-svm": f"{cfg.data.split} split, C = {m.svm_c:g}, tol {m.tol:g}"}[alg]
+    if run.groups > 1:
+        what += f", {run.groups} groups x {run.group_epochs} inner epoch(s)"
+    where = (f"{run.backend} backend on "
+             f"{run.devices or (len(jax.local_devices()) if run.backend == 'sharded' else 1)} "
+             f"{jax.devices()[0].platform.upper()} device(s)")
+    if host.model is None:  # the SVM: one weight vector per one-vs-rest class
+        k = 1 if host.dataset.num_classes == 2 else host.dataset.num_classes
+        model = f"linear SVM with {k} x {int(np.prod(host.dataset.input_shape)) + 1} weights"
+    else:
+        model = f"{cfg.model.name.upper()} with {host.model.num_params:,} parameters"
+    say(f"{algorithms.NAMES[alg]} on {cfg.data.name}: {who}, {model}, {run.epochs} epochs, "
+        f"{what}, {where}")
+    ticker = _Ticker(say) if not args.quiet else None
+
+    svm = alg == "admm-svm"
+
+    def start(header):
+        if ticker:
+            s = ticker.stop()
+            say(f"{chr(13) if ticker.tty else ''}compiled in {s:.1f} s")
+        middle = (f"{'objective':>11} {'primal r':>9} {'dual s':>9}" if svm else
+                  f"{'pilot':>5} {'test acc':>8} {'test loss':>9}")
+        say(f"{'epoch':>5} {middle} {'test acc' if svm else '':>8} {'bytes':>12} "
+            f"{'' if svm else 'nonzero':>7} {'wall s':>7}".replace("  ", " ", 1), flush=True)
+
+    def row(rec):
+        if svm:
+            say(f"{rec['epoch']:>5} {rec['objective']:>11.5g} "
+                f"{max(rec['primal_residual']):>9.3g} {max(rec['dual_residual']):>9.3g} "
+                f"{rec['test_accuracy']:>8.4f} {rec['bytes_total']:>12,} {'':>7} "
+                f"{rec['wall_s']:>7.3f}", flush=True)
+            return
+        nz = rec["ternary_nonzero_fraction"]
+        say(f"{rec['epoch']:>5} {rec['pilot'] if rec['pilot'] >= 0 else '-':>5} "
+            f"{rec['test_accuracy']:>8.4f} {rec['test_loss']:>9.4f} {rec['bytes_total']:>12,} "
+            f"{f'{100 * nz:.1f}%' if nz == nz else '-':>7} {rec['wall_s']:>7.3f}", flush=True)
+
+    try:
+        result = simulation.run(cfg, out, on_epoch=row, on_start=start, host=host)
+    finally:
+        if ticker:
+            ticker.stop()
+    print(f"final test accuracy   {result['final_test_accuracy']:.4f} "
+          f"(best {result['best_test_accuracy']:.4f})"
+          + ("; the global model DIVERGED (see the warning above)" if result["diverged"]
+             else ""))
+    if args.centralized and alg != "central":
+        central = simulation.run(cfg.replace(algorithm="central", backend="vmap"), host=host)
+        print(f"centralized accuracy  {central['final_test_accuracy']:.4f} (same model, data "
+              f"and loop, one worker with all {len(host.union)} samples)")
+    if alg == "fedf":
+        print(_eq8_line(result, cfg.master.scheme))
+    elif svm:
+        last = result["records"][-1]
+        state = (f"met --tol at iteration {last['epoch']}" if last["converged"] else
+                 f"not within --tol after {last['epoch']} iterations")
+        print(f"objective             {last['objective']:.6g} ({state})")
+        print(f"bytes                 {_fmt_bytes(result['bytes_total'])} in all; "
+              f"{_fmt_bytes(result['bytes_per_epoch'])} per iteration")
+    else:
+        print(f"bytes                 {_fmt_bytes(result['bytes_total'])} in all; "
+              f"{_fmt_bytes(result['bytes_per_epoch'])} per epoch (FEDF's Eq. 8: "
+              f"{_fmt_bytes(result['eq8_bytes_per_epoch'])})")
+    print(f"time                  {result['wall_s']:.1f} s training + "
+          f"{result['compile_s']:.1f} s compiling here; {result['modeled_s']:.2f} s modeled "
+          "deployed")
+    print(f"run log               {out / 'run.jsonl'}; final model {out / 'final_model.npy'}")
+    return 0
+
+
+def train(args: argparse.Namespace, faults=()) -> int:
+    """``fedf train``: thin; ``fedf_jax.train`` runs the ranks (``faults``: injected by
+    tests, see ``fedf_jax.backends.mpi.faults``)."""
     from mpi4py import MPI
 
-    from fedf_jax.backends import mpi
+    from fedf_jax import train as train_lib
+    from fedf_jax.backends.mpi import link
 
-    mpi.install_excepthook()
+    link.install_excepthook()
     rank = MPI.COMM_WORLD.Get_rank()
     say = print if rank == 0 and not args.quiet else (lambda *a, **k: None)
     try:  # the same flags on every rank: a bad one fails alike everywhere, say it once
         cfg = make_config(args)
-        if args.centralized:
-            raise ValueError("--centralized is for `fedf simulate`.")
-        if cfg.algorithm != "fedf" or cfg.scan_epochs > 1:
-            raise ValueError("`fedf train` runs FEDF epoch by epoch; --algorithm and "
-                             "--scan-epochs are for `fedf simulate`.")
-        mpi.split_workers(cfg.workers, MPI.COMM_WORLD.Get_size())
+        train_lib.check(cfg, MPI.COMM_WORLD.Get_size())
         if args.resume and not args.out:
             raise ValueError("--resume needs the --out directory of the run to continue.")
         if args.timeout is not None and not args.timeout > 0:
             raise ValueError(f"--timeout (={args.timeout}) must be a positive number.")
         if args.checkpoint_every is not None and args.checkpoint_every < 1:
             raise ValueError(f"--checkpoint-every (={args.checkpoint_every}) must be >= 1.")
+        out = out_dir(args, cfg, resume=args.resume) if rank == 0 else None
     except ValueError as e:
         if rank == 0:
             print(f"fedf: error: {e}", file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else Path("runs") / (
-        time.strftime("%Y%m%d-%H%M%S") + f"-seed{cfg.seed}")  # rank 0's name is used
 
     def setup(h):
-        say(f"FEDF over MPI on {cfg.data}: {cfg.workers} workers on {h['ranks'] - 1} worker "
-            f"ranks (+ master rank 0), {cfg.model.upper()} with {h['num_params']:,} "
-            f"parameters, {cfg.epochs} epochs, d = {cfg.direction:+d}, {cfg.scheme} ternaries"
+        say(f"FEDF over MPI on {cfg.data.name}: {cfg.n_workers} workers on {h['ranks'] - 1} "
+            f"worker ranks (+ master rank 0), {cfg.model.name.upper()} with "
+            f"{h['num_params']:,} parameters, {cfg.run.epochs} epochs, "
+            f"d = {cfg.master.direction:+d}, {cfg.master.scheme} ternaries"
             + (f"; resuming at epoch {h['first_epoch']}" if h["first_epoch"] > 1 else ""))
         say(f"{'epoch':>5} {'pilot':>5} {'test acc':>8} {'test loss':>9} {'bytes':>12} "
             f"{'mpi bytes':>12} {'dropped':>7} {'wall s':>7}", flush=True)
@@ -275,10 +404,10 @@ def train(args: argparse.Namespace) -> int:
             f"{len(rec['dropped_frames']):>7} {rec['wall_s']:>7.3f}", flush=True)
 
     try:
-        result = mpi.run(cfg, out, timeout=args.timeout or mpi.DEFAULT_TIMEOUT,
-                         checkpoint_every=args.checkpoint_every, resume=args.resume,
-                         on_setup=setup, on_epoch=row)
-    except mpi.ResumeError as e:
+        result = train_lib.run(cfg, out, timeout=args.timeout or train_lib.DEFAULT_TIMEOUT,
+                               checkpoint_every=args.checkpoint_every, resume=args.resume,
+                               on_setup=setup, on_epoch=row, faults=faults)
+    except train_lib.ResumeError as e:
         if rank == 0:
             print(f"fedf: error: {e}", file=sys.stderr)
         return 2
@@ -293,89 +422,19 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.2f} {unit}"
-        n /= 1000
-    return f"{n:.2f} GB"
+class _Formatter(logging.Formatter):
+    """``fedf: warning: ...``: the level in lower case after the program's name."""
 
-
-def simulate(args: argparse.Namespace) -> int:
-    cfg = make_config(args)
-    import jax
-
-    from fedf_jax import simulation
-    from fedf_jax.baselines import centralized
-
-    out = Path(args.out) if args.out else Path("runs") / (
-        time.strftime("%Y%m%d-%H%M%S") + f"-seed{cfg.seed}")
-    say = (lambda *a, **k: None) if args.quiet else print
-    setup = simulation.setup(cfg)
-    if cfg.backend == "sharded":
-        from fedf_jax.backends import sharded
-
-        sharded.make_mesh(cfg.devices)  # a bad device count fails before any output
-    what = {"fedf": f"d = {cfg.direction:+d}, {cfg.scheme} ternaries",
-            "fedavg": f"C = {cfg.fraction:g}", "phong": "sequential", "terngrad": "2-bit",
-            "central": f"all {len(setup.union)} samples on one worker"}[cfg.algorithm]
-    say(f"{NAMES[cfg.algorithm]} on {cfg.data}: {cfg.workers} workers ({cfg.partition}, "
-        f"sizes {_short(setup.sizes.tolist())}), {cfg.model.upper()} with "
-        f"{setup.model.num_params:,} parameters, {cfg.epochs} epochs, {what}, "
-        f"{cfg.backend} backend on "
-        f"{cfg.devices or (len(jax.local_devices()) if cfg.backend == 'sharded' else 1)} "
-        f"{jax.devices()[0].platform.upper()} device(s)")
-    say("compiling ...", flush=True)
-    say(f"{'epoch':>5} {'pilot':>5} {'test acc':>8} {'test loss':>9} {'bytes':>12} "
-        f"{'nonzero':>7} {'wall s':>7}")
-
-    def row(rec):
-        nz = rec["ternary_nonzero_fraction"]
-        say(f"{rec['epoch']:>5} {rec['pilot'] if rec['pilot'] >= 0 else '-':>5} "
-            f"{rec['test_accuracy']:>8.4f} {rec['test_loss']:>9.4f} {rec['bytes_total']:>12,} "
-            f"{f'{100 * nz:.1f}%' if nz == nz else '-':>7} {rec['wall_s']:>7.3f}", flush=True)
-
-    result = simulation.run(cfg, out, on_epoch=row)
-    print(f"final test accuracy   {result['final_test_accuracy']:.4f} "
-          f"(best {result['best_test_accuracy']:.4f})")
-    if args.centralized:
-        ds, idx = setup.dataset, setup.union
-        recs = centralized.run(setup.model, cfg.specs[0], ds.x_train[idx], ds.y_train[idx],
-                               setup.dataset.x_test, setup.dataset.y_test, setup.p0,
-                               simulation.root_keys(cfg.seed)[1], cfg.epochs)
-        print(f"centralized accuracy  {recs[-1]['test_accuracy']:.4f} (same model, data and "
-              f"loop, one worker with all {len(idx)} samples)")
-    eq8, counted = result["eq8_bytes_per_epoch"], result["bytes_per_epoch_payload"]
-    if cfg.algorithm == "fedf":
-        check = "equal" if counted == eq8 else (
-            f"+{counted - eq8:.0f} B: each ternary rounds up to whole bytes")
-        print(f"bytes                 {_fmt_bytes(result['bytes_total'])} in all; per epoch "
-              f"{counted:,} payload vs Eq. (8) {eq8:,.1f} ({check})")
-    else:
-        print(f"bytes                 {_fmt_bytes(result['bytes_total'])} in all; "
-              f"{_fmt_bytes(result['bytes_per_epoch'])} per epoch (FEDF's Eq. 8: "
-              f"{_fmt_bytes(eq8)})")
-    print(f"time                  {result['wall_s']:.1f} s training + "
-          f"{result['compile_s']:.1f} s compiling here; {result['modeled_s']:.2f} s modeled "
-          "deployed")
-    print(f"run log               {out / 'run.jsonl'}")
-    return 0
-
-
-NAMES = {"fedf": "FEDF", "fedavg": "FedAvg", "phong": "Phong et al.", "terngrad": "TernGrad",
-         "central": "Centralized training"}
-
-
-def _short(values: list, limit: int = 8) -> str:
-    if len(values) <= limit:
-        return ",".join(map(str, values))
-    return ",".join(map(str, values[:limit])) + f",... ({len(values)})"
+    def format(self, record):
+        return f"fedf: {record.levelname.lower()}: {record.getMessage()}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="fedf: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(_Formatter())
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
     try:
         if args.command == "simulate":
             return simulate(args)

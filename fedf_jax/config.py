@@ -1,262 +1,444 @@
-"""Run configuration: one frozen, validated dataclass, loadable from JSON or TOML.
+"""Run configuration, in one place: nested, frozen, validated when built.
 
-A config file holds any :class:`RunConfig` field by name, plus ``workers`` as a
-list of per-worker private specs (tables with ``lr``, ``batch_size``,
-``local_epochs``, ``optimizer``, ``momentum``); a spec that leaves a field out
-takes it from ``default_worker``. Example (TOML)::
+A :class:`RunConfig` has five sections, frozen dataclasses that check their own
+fields (ranges and choices in each field's metadata): ``run``, ``data``, ``model``,
+``master`` and ``workers`` (each worker's private :class:`WorkerSpec`);
+:class:`RunConfig` checks the rules that span sections.
 
-    workers = 3
-    epochs = 40
-    beta = 0.2
-    [[worker]]
-    lr = 0.05
-    optimizer = "sgd"
-    [[worker]]
-    lr = 0.001
-    optimizer = "adam"
-    batch_size = 32
-    [[worker]]
-    lr = 0.02
-    optimizer = "momentum"
-    local_epochs = 2
+Every field has one *flat name*, unique across sections (``workers``, ``epochs``,
+``data``, ``alpha0``, ...). Flat names are what config files, command-line flags
+(``--dirichlet-alpha``) and the run-log header use; :func:`make` builds a config
+from them and :meth:`RunConfig.to_dict` writes them. The CLI derives its flags and
+help from the field metadata here, so a new field is one edit.
+
+Config files are read by ``config_files``. This module imports no JAX, so that a
+bad flag is answered at once.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fedf_jax.data import DATASETS, PARTITIONS
-from fedf_jax.master import MasterConfig
-from fedf_jax.models import MODELS as MODEL_REGISTRY
-from fedf_jax.worker import WorkerSpec
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-MODELS = tuple(MODEL_REGISTRY)
+# Names of the registries that live in modules importing JAX (tests check they agree).
+MODELS = ("mlp", "cnn", "resnet32", "unet")
+SCHEMES = ("2bit", "base3")
+OPTIMIZERS = ("sgd", "momentum", "adam")
 BACKENDS = ("vmap", "sharded")
-ALGORITHMS = ("fedf", "fedavg", "phong", "terngrad", "central")
+ALGORITHMS = ("fedf", "fedavg", "phong", "terngrad", "central", "admm-svm")
+GROUPED = ("fedf", "fedavg", "admm-svm")  # the algorithms that run in groups (--groups)
+SPLITS = ("samples", "features")
+
+
+_COUNT = {"low": 1, "integer": True}  # an integer >= 1
+_POSITIVE = {"low": 0, "low_open": True}  # a number > 0
+
+
+def _field(default, help: str, flat: str | None = None, **kw):
+    """A config field with its help text (and its flat name where it differs)."""
+    meta = {"help": help, **({"flat": flat} if flat else {}), **kw}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _number(name: str, value, *, low: float | None = None, high: float | None = None,
+            low_open: bool = False, high_open: bool = False, integer: bool = False) -> None:
+    """Raises ValueError naming ``name`` unless ``value`` is a finite number in range."""
+    ok = not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, float, np.number))
+    ok = ok and math.isfinite(value) and (not integer or int(value) == value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        kind = "an integer" if integer else "a number"
+        rng = ""
+        if low is not None and high is not None:
+            rng = f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        elif low is not None:
+            rng = f" {'>' if low_open else '>='} {low:g}"
+        raise ValueError(f"`{name}` (={value!r}) must be {kind}{rng}.")
+
+
+def flat_name(f: dataclasses.Field) -> str:
+    """A field's flat name (its name unless the metadata gives another)."""
+    return f.metadata.get("flat", f.name)
+
+
+def _check_fields(obj) -> None:
+    """Checks every field against its metadata: ``choices``, or ``number`` (the range
+    keywords of :func:`_number`, for each element of a tuple); None means unset."""
+    for f in dataclasses.fields(obj):
+        value, name = getattr(obj, f.name), flat_name(f)
+        if isinstance(value, list):
+            value = tuple(value)
+            object.__setattr__(obj, f.name, value)
+        if value is None:
+            continue
+        if isinstance(value, tuple) and "tuple" not in str(f.type):
+            raise ValueError(f"`{name}` (={value!r}) must be one value, not a list.")
+        allowed = f.metadata.get("choices", (value,))
+        if value not in allowed:
+            raise ValueError(f"`{name}` (={value!r}) must be one of {tuple(allowed)}.")
+        for v in value if isinstance(value, tuple) else (value,):
+            if "number" in f.metadata:
+                _number(name, v, **f.metadata["number"])
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerSpec:
+    """A worker's private training hyper-parameters (never sent to the master)."""
+
+    lr: float = _field(0.2, "learning rate alpha_k; also the threshold of Eq. (4) at t=1",
+                       number=_POSITIVE)
+    batch_size: int = _field(10, "mini-batch size", number=_COUNT)
+    local_epochs: int = _field(1, "local passes over the worker's data per global epoch",
+                               number=_COUNT)
+    optimizer: str = _field("sgd", "optax optimizer", choices=OPTIMIZERS)
+    momentum: float = _field(0.9, "momentum coefficient of the momentum optimizer",
+                             number={"low": 0, "high": 1, "high_open": True})
+
+    def __post_init__(self):
+        _check_fields(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class MasterConfig:
+    """The master's public settings (Eq. 3, 5 and the wire)."""
+
+    alpha0: float = _field(0.01, "master's learning rate alpha0, Eq. (3) at t=1",
+                           number={"low": 0})
+    beta: float | tuple[float, ...] = _field(
+        0.2, "threshold beta_k in (0,1), Eq. (5): one value or one per worker", csv=float,
+        number={"low": 0, "high": 1, "low_open": True, "high_open": True})
+    direction: int = _field(1, "sign d of Eq. (3): +1 (Appendix A) or -1 (as printed)",
+                            choices=(1, -1))
+    scheme: str = _field("2bit", "ternary packing: 2bit (the paper's, 4 per byte) or base3 "
+                         "(5 per byte, 20%% smaller)", choices=SCHEMES)
+    svm_c: float = _field(1.0, "admm-svm: C of 1/2 ||w||^2 + C sum hinge", number=_POSITIVE)
+    rho: float | None = _field(None, "admm-svm: the first ADMM penalty rho (default 3 for "
+                               "--split samples, 0.1 for features; then residual balancing)",
+                               number=_POSITIVE)
+    tol: float = _field(1e-4, "admm-svm: Boyd's absolute and relative tolerances; the run "
+                        "stops once the residuals meet them (0: never)", number={"low": 0})
+
+    def __post_init__(self):
+        if self.direction not in (1, -1) or isinstance(self.direction, bool):
+            raise ValueError(f"`direction` (={self.direction!r}) must be +1 or -1.")
+        _check_fields(self)
+
+    def betas(self, n_workers: int) -> np.ndarray:
+        """beta as f32[N] (numpy)."""
+        if isinstance(self.beta, tuple):
+            if len(self.beta) != n_workers:
+                raise ValueError(f"`beta` has {len(self.beta)} values for {n_workers} "
+                                 "workers; give one value or one per worker.")
+            return np.asarray(self.beta, np.float32)
+        return np.full((n_workers,), self.beta, np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """The data set and how it is split over the workers."""
+
+    name: str | None = _field(None, "data set (default digits, bundled; synthetic-seg for "
+                              "--model unet)", flat="data", choices=DATASETS)
+    data_dir: str | None = _field(None, "local directory of a data set that is not bundled "
+                                  "(cifar10: a folder with cifar-10-batches-bin or -py; "
+                                  "segmentation: images/ + masks/ or ISBI tif volumes)")
+    partition: str = _field("iid", "how the data is split over the workers",
+                            choices=PARTITIONS)
+    sizes: tuple[int, ...] | None = _field(None, "worker sizes for --partition sizes",
+                                           csv=int, number=_COUNT)
+    dirichlet_alpha: float = _field(0.5, "Dirichlet concentration of the dirichlet "
+                                    "partitions (smaller = more skewed)", number=_POSITIVE)
+    augment: bool | None = _field(None, "random crop and flip of training images (default: "
+                                  "on for cifar10)")
+    image_size: tuple[int, int] | None = _field(None, "segmentation: resize images and masks "
+                                                "to H,W", csv=int, number=_COUNT)
+    tile: int | None = _field(None, "segmentation: cut images into TxT tiles", number=_COUNT)
+    split: str = _field("samples", "admm-svm: each worker holds rows (samples) or a block of "
+                        "columns of the same rows (features)", choices=SPLITS)
+    standardize: bool | None = _field(None, "scale features by the training set's mean and "
+                                      "std (default: on for breast-cancer, off for libsvm)")
+
+    def __post_init__(self):
+        _check_fields(self)
+        if self.image_size is not None and len(self.image_size) != 2:
+            raise ValueError(f"`image_size` (={self.image_size}) must be two sizes H,W.")
+        if (self.image_size is not None or self.tile is not None) and (
+                self.name != "segmentation"):
+            raise ValueError("`image_size` and `tile` apply to `data='segmentation'` only.")
+        if self.partition == "sizes" and self.sizes is None:
+            raise ValueError("`partition='sizes'` needs `sizes` (one per worker).")
+
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments of the data set's loader."""
+        if self.name == "segmentation":
+            return {"size": self.image_size, "tile": self.tile}
+        if self.name in ("libsvm", "breast-cancer") and self.standardize is not None:
+            return {"standardize": self.standardize}
+        return {}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The model."""
+
+    name: str = _field("mlp", "model", flat="model", choices=MODELS)
+    width: int | None = _field(None, "U-Net base width (default 64, the classic U-Net; 8 on "
+                               "synthetic-seg)", number=_COUNT)
+
+    def __post_init__(self):
+        _check_fields(self)
+        if self.width is not None and self.name != "unet":
+            raise ValueError(f"`width` (={self.width}) applies to `model='unet'` only.")
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkersConfig:
+    """The N workers and their private specs."""
+
+    count: int = _field(5, "number of workers N", flat="workers", number=_COUNT)
+    specs: tuple[WorkerSpec, ...] | None = _field(
+        None, "one private spec per worker (config files only)", flat="worker_specs")
+    default: WorkerSpec = _field(WorkerSpec(), "the spec of workers not given one",
+                                 flat="default_worker")
+
+    def __post_init__(self):
+        _check_fields(self)
+        if self.specs is not None:
+            if len(self.specs) != self.count:
+                raise ValueError(f"{len(self.specs)} worker specs for `workers` "
+                                 f"(={self.count}); give one per worker.")
+
+    @property
+    def all(self) -> tuple[WorkerSpec, ...]:
+        """Every worker's spec, in worker order."""
+        return self.specs or (self.default,) * self.count
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """How the run goes: algorithm, epochs, seed, backend and the timing model."""
+
+    algorithm: str = _field("fedf", "fedf, or a baseline on the same data, model and run log: "
+                            "fedavg (example-weighted model averaging), phong (the model "
+                            "visits the workers in turn), terngrad (synchronous SGD with "
+                            "stochastic ternary gradients), central (one worker holding all "
+                            "the data); or admm-svm (a linear SVM by ADMM, rows or columns "
+                            "split, see --split)", choices=ALGORITHMS)
+    epochs: int = _field(30, "global epochs", number=_COUNT)
+    seed: int = _field(0, "root seed of the run", number={"low": 0, "integer": True})
+    fraction: float = _field(1.0, "fedavg: fraction C of the workers sampled each round",
+                             number={"low": 0, "high": 1, "low_open": True})
+    backend: str = _field("vmap", "vmap: all workers batched on one device; sharded: workers "
+                          "spread over the local devices with shard_map", choices=BACKENDS)
+    devices: int | None = _field(None, "with --backend sharded: use the first K local "
+                                 "devices (default all)", number=_COUNT)
+    scan_epochs: int = _field(1, "run E epochs per jitted call (one lax.scan; same run log, "
+                              "fewer host round trips)", metavar="E", number=_COUNT)
+    groups: int = _field(1, "two levels: the workers in G groups (contiguous blocks), each "
+                         "with a group master under one top master", number=_COUNT)
+    group_epochs: int = _field(1, "two levels: inner epochs of each group per outer epoch",
+                               metavar="K", number=_COUNT)
+    group_workers: tuple[tuple[int, ...], ...] | None = _field(
+        None, "each group's workers (config files only; default contiguous blocks)")
+    bandwidth: float = _field(125e6, "master link in bytes/s for the timing model",
+                              number=_POSITIVE)
+    latency: float = _field(1e-3, "seconds per message round in the timing model",
+                            number=_POSITIVE)
+
+    def __post_init__(self):
+        _check_fields(self)
+
+
+SECTIONS = {"run": RunSettings, "data": DataConfig, "model": ModelConfig,
+            "master": MasterConfig, "workers": WorkersConfig}
 
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """Every knob of a simulated FEDF run.
+    """Every knob of a run, by section."""
 
-    Attributes:
-      workers: N.
-      epochs: global epochs.
-      model: ``"mlp"`` or ``"cnn"``.
-      data: data set name; ``data_dir`` its local path where it needs one. Default:
-        ``"digits"``, or the bundled ``"synthetic-seg"`` for ``model="unet"``.
-      width: U-Net base width (default 64, the classic U-Net; 8 on synthetic-seg).
-      augment: random crop and flip of training images (default: on for cifar10).
-      image_size: (H, W) to resize segmentation images to; tile: cut them into T x T tiles.
-      partition: ``"iid"`` (equal), ``"sizes"`` (IID, sizes given), ``"dirichlet-sizes"``
-        (IID, Dirichlet(dirichlet_alpha) sizes), ``"label-dirichlet"`` (label skew).
-      sizes: worker sizes for ``partition="sizes"``.
-      dirichlet_alpha: concentration of the Dirichlet partitions.
-      alpha0, beta, direction, scheme: the master's settings (see MasterConfig).
-      seed: the root of every random choice of the run.
-      worker_specs: one private spec per worker (default: N copies of default_worker).
-      default_worker: the spec of workers not given one.
-      bandwidth: bytes/s of the master's link in the timing model.
-      latency: seconds per message round in the timing model.
-      backend: ``"vmap"`` (all workers batched on one device) or ``"sharded"``
-        (workers spread over local devices with shard_map).
-      devices: how many local devices the sharded backend uses (default: all).
-      algorithm: ``"fedf"`` (default) or a baseline on the same data, model and run
-        log: ``"fedavg"`` (McMahan et al., example-weighted), ``"phong"`` (Phong and
-        Phuong: the model passes through the workers in turn), ``"terngrad"`` (Wen et
-        al.: synchronous SGD with stochastic ternary gradients), ``"central"`` (one
-        worker holding the union of the workers' data).
-      fraction: FedAvg's fraction C of the workers sampled each round (default 1).
-      scan_epochs: FEDF epochs per jitted call (a ``lax.scan`` over epochs; the run
-        log is the same, wall times are the call's time split evenly).
-    """
-
-    workers: int = 5
-    epochs: int = 30
-    model: str = "mlp"
-    data: str | None = None
-    width: int | None = None
-    augment: bool | None = None
-    image_size: tuple[int, int] | None = None
-    tile: int | None = None
-    data_dir: str | None = None
-    partition: str = "iid"
-    sizes: tuple[int, ...] | None = None
-    dirichlet_alpha: float = 0.5
-    alpha0: float = 0.01
-    beta: float | tuple[float, ...] = 0.2
-    direction: int = 1
-    scheme: str = "2bit"
-    seed: int = 0
-    worker_specs: tuple[WorkerSpec, ...] | None = None
-    default_worker: WorkerSpec = WorkerSpec()
-    bandwidth: float = 125e6
-    latency: float = 1e-3
-    backend: str = "vmap"
-    devices: int | None = None
-    algorithm: str = "fedf"
-    fraction: float = 1.0
-    scan_epochs: int = 1
+    run: RunSettings = RunSettings()
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    master: MasterConfig = MasterConfig()
+    workers: WorkersConfig = WorkersConfig()
 
     def __post_init__(self):
-        for name in ("alpha0", "dirichlet_alpha", "bandwidth", "latency"):
-            _check_number(name, getattr(self, name))
-        for b in self.beta if isinstance(self.beta, (list, tuple)) else (self.beta,):
-            _check_number("beta", b)
-        _check_int("workers", self.workers, 1)
-        _check_int("epochs", self.epochs, 1)
-        _check_int("seed", self.seed, 0)
-        if self.model not in MODELS:
-            raise ValueError(f"`model` (={self.model!r}) must be one of {MODELS}.")
-        if self.data is None:
-            object.__setattr__(self, "data", "synthetic-seg" if self.model == "unet"
-                               else "digits")
-        if self.augment is None:
-            object.__setattr__(self, "augment", self.data == "cifar10")
-        if self.width is not None:
-            _check_int("width", self.width, 1)
-            if self.model != "unet":
-                raise ValueError(f"`width` (={self.width}) applies to `model='unet'` only.")
-        if (self.image_size is not None or self.tile is not None) and self.data != "segmentation":
-            raise ValueError("`image_size` and `tile` apply to `data='segmentation'` only.")
-        if self.image_size is not None:
-            object.__setattr__(self, "image_size", tuple(int(v) for v in self.image_size))
-            if len(self.image_size) != 2 or min(self.image_size) < 1:
-                raise ValueError(f"`image_size` (={self.image_size}) must be two sizes H,W.")
-        if self.tile is not None:
-            _check_int("tile", self.tile, 1)
-        if self.data not in DATASETS:
-            raise ValueError(f"`data` (={self.data!r}) must be one of {DATASETS}.")
-        if self.partition not in PARTITIONS:
-            raise ValueError(f"`partition` (={self.partition!r}) must be one of {PARTITIONS}.")
-        if self.partition == "sizes" and (self.sizes is None or len(self.sizes) != self.workers):
-            raise ValueError(f"`partition='sizes'` needs `sizes` with {self.workers} values, "
-                             f"got {self.sizes}.")
-        if not (math.isfinite(self.dirichlet_alpha) and self.dirichlet_alpha > 0):
-            raise ValueError(f"`dirichlet_alpha` (={self.dirichlet_alpha}) must be > 0.")
-        if isinstance(self.beta, (list, tuple)):
-            object.__setattr__(self, "beta", tuple(float(b) for b in self.beta))
-            if len(self.beta) != self.workers:
-                raise ValueError(f"`beta` has {len(self.beta)} values for {self.workers} "
-                                 "workers; give one value or one per worker.")
-        self.master  # validates alpha0, beta, direction, scheme  # noqa: B018
-        if self.worker_specs is not None and len(self.worker_specs) != self.workers:
-            raise ValueError(f"{len(self.worker_specs)} worker specs for `workers` "
-                             f"(={self.workers}); give one per worker.")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"`backend` (={self.backend!r}) must be one of {BACKENDS}.")
-        if self.devices is not None:
-            _check_int("devices", self.devices, 1)
-            if self.backend != "sharded":
-                raise ValueError(f"`devices` (={self.devices}) needs `backend='sharded'`.")
-        if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"`algorithm` (={self.algorithm!r}) must be one of {ALGORITHMS}.")
-        _check_number("fraction", self.fraction)
-        if not 0 < self.fraction <= 1:
-            raise ValueError(f"`fraction` (={self.fraction}) must be in (0, 1].")
-        if self.fraction < 1 and self.algorithm != "fedavg":
-            raise ValueError(f"`fraction` (={self.fraction}) applies to "
+        data, model, run, n = self.data, self.model, self.run, self.workers.count
+        if data.name is None:  # the default data set follows the model
+            data = dataclasses.replace(data, name=_default_data(model.name))
+        if data.augment is None:
+            data = dataclasses.replace(data, augment=data.name == "cifar10")
+        object.__setattr__(self, "data", data)
+        if data.standardize is not None and data.name not in ("libsvm", "breast-cancer"):
+            raise ValueError(f"`standardize` applies to data 'libsvm' and 'breast-cancer' "
+                             f"(got data {data.name!r}).")
+        if data.partition == "sizes" and len(data.sizes) != n:
+            raise ValueError(f"`partition='sizes'` needs `sizes` with {n} values, "
+                             f"got {list(data.sizes)}.")
+        if data.sizes is not None and data.partition != "sizes":
+            raise ValueError(f"`sizes` applies to `partition='sizes'` (got partition "
+                             f"{data.partition!r}).")
+        self.master.betas(n)  # one beta or one per worker
+        if run.devices is not None and run.backend != "sharded":
+            raise ValueError(f"`devices` (={run.devices}) needs `backend='sharded'`.")
+        if run.fraction < 1 and run.algorithm != "fedavg":
+            raise ValueError(f"`fraction` (={run.fraction}) applies to "
                              "`algorithm='fedavg'` only.")
-        _check_int("scan_epochs", self.scan_epochs, 1)
-        if self.scan_epochs > 1 and (self.algorithm != "fedf" or self.backend != "vmap"):
-            raise ValueError(f"`scan_epochs` (={self.scan_epochs}) needs `algorithm='fedf'` "
-                             "and `backend='vmap'`.")
-        if self.algorithm != "fedf" and self.backend != "vmap":
-            raise ValueError(f"`backend` (={self.backend!r}) applies to `algorithm='fedf'`; "
-                             f"the {self.algorithm} baseline runs on the vmap backend.")
-        for name in ("bandwidth", "latency"):
-            v = getattr(self, name)
-            if not (math.isfinite(v) and v > 0):
-                raise ValueError(f"`{name}` (={v}) must be a positive number.")
+        if run.algorithm != "fedf" and run.backend != "vmap":
+            raise ValueError(f"`backend` (={run.backend!r}) applies to `algorithm='fedf'`; "
+                             f"the {run.algorithm} baseline runs on the vmap backend.")
+        self.group_workers()  # checks --groups against the workers
+        if data.split == "features" and (run.algorithm != "admm-svm" or run.groups > 1):
+            raise ValueError("`split='features'` applies to `algorithm='admm-svm'` with one "
+                             f"level (got algorithm {run.algorithm!r}, groups {run.groups}).")
 
     @property
-    def data_options(self) -> dict[str, Any]:
-        """Keyword arguments of the data loader."""
-        if self.data != "segmentation":
-            return {}
-        return {"size": self.image_size, "tile": self.tile}
-
-    @property
-    def model_options(self) -> dict[str, Any]:
-        """Keyword arguments of the model beyond the registry defaults."""
-        if self.model != "unet":
-            return {}
-        return {"width": self.width or (8 if self.data == "synthetic-seg" else 64)}
-
-    @property
-    def master(self) -> MasterConfig:
-        return MasterConfig(self.alpha0, self.beta, self.direction, self.scheme)
+    def n_workers(self) -> int:
+        return self.workers.count
 
     @property
     def specs(self) -> tuple[WorkerSpec, ...]:
-        return self.worker_specs or (self.default_worker,) * self.workers
+        """Every worker's private spec, in worker order."""
+        return self.workers.all
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict of the resolved config (per-worker specs spelled out)."""
-        d = dataclasses.asdict(self)
-        d["worker_specs"] = [dataclasses.asdict(s) for s in self.specs]
-        return d
+    def group_workers(self) -> tuple[tuple[int, ...], ...]:
+        """Each group's workers: ``run.group_workers``, or G contiguous blocks of sizes
+        differing by at most one. Raises ValueError when they do not fit the workers."""
+        run, n = self.run, self.workers.count
+        if run.groups > 1 and run.algorithm not in GROUPED:
+            raise ValueError(f"`groups` (={run.groups}) applies to algorithms {GROUPED}, "
+                             f"not {run.algorithm!r}.")
+        if run.group_workers is None:
+            if run.groups > n:
+                raise ValueError(f"`groups` (={run.groups}) must be at most `workers` (={n}): "
+                                 "every group needs a worker.")
+            cuts = np.array_split(np.arange(n), run.groups)
+            return tuple(tuple(int(k) for k in c) for c in cuts)
+        groups = tuple(tuple(int(k) for k in g) for g in run.group_workers)
+        if len(groups) != run.groups or any(not g for g in groups):
+            raise ValueError(f"`group_workers` must list {run.groups} non-empty groups "
+                             f"(`groups`={run.groups}), got {[list(g) for g in groups]}.")
+        if sorted(k for g in groups for k in g) != list(range(n)):
+            raise ValueError(f"`group_workers` must name each of the {n} workers 0..{n - 1} "
+                             f"exactly once, got {[list(g) for g in groups]}.")
+        return groups
+
+    def model_options(self) -> dict[str, Any]:
+        """Keyword arguments of the model beyond the registry defaults."""
+        if self.model.name != "unet":
+            return {}
+        return {"width": self.model.width or (8 if self.data.name == "synthetic-seg" else 64)}
+
+    def replace(self, **flat) -> RunConfig:
+        """A copy with fields changed by their flat names (``cfg.replace(seed=1)``).
+
+        Values this config derived (the data set that follows the model, augmentation
+        that follows the data set) are derived again unless given.
+        """
+        old = self.to_dict(specs=False)
+        if "model" in flat and "data" not in flat and old["data"] == _default_data(
+                old["model"]):
+            old["data"] = None
+        if "augment" not in flat and ("data" in flat or old["data"] is None):
+            old["augment"] = None
+        return make(**{**old, **flat})
+
+    def to_dict(self, specs: bool = True) -> dict[str, Any]:
+        """The resolved config as flat names, JSON-ready (every worker's spec spelled out
+        in ``worker_specs`` unless ``specs`` is False)."""
+        out: dict[str, Any] = {}
+        for section in SECTIONS:
+            obj = getattr(self, section)
+            for f in dataclasses.fields(obj):
+                value = getattr(obj, f.name)
+                if isinstance(value, WorkerSpec):
+                    value = dataclasses.asdict(value)
+                out[flat_name(f)] = value
+        if specs:
+            out["worker_specs"] = [dataclasses.asdict(s) for s in self.specs]
+        elif self.workers.specs is not None:
+            out["worker_specs"] = self.workers.specs
+        return out
 
 
-def _check_number(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
-        raise ValueError(f"`{name}` (={value!r}) must be a number.")
+def _default_data(model: str) -> str:
+    return "synthetic-seg" if model == "unet" else "digits"
 
 
-def _check_int(name: str, value, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer)) or (
-            int(value) != value or value < low):
-        raise ValueError(f"`{name}` (={value!r}) must be an integer >= {low}.")
-
-
-def load_file(path: str | Path) -> dict[str, Any]:
-    """Reads a JSON or TOML config file into RunConfig keyword arguments."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"config file {str(path)!r} does not exist.")
-    text = path.read_text()
-    try:
-        raw = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    except (ValueError, tomllib.TOMLDecodeError) as e:
-        raise ValueError(f"config file {str(path)!r} is not valid "
-                         f"{'TOML' if path.suffix == '.toml' else 'JSON'}: {e}") from None
-    return from_dict(raw, source=str(path))
-
-
-def from_dict(raw: dict[str, Any], source: str = "config") -> dict[str, Any]:
-    """Turns a plain dict (file contents) into RunConfig keyword arguments."""
-    raw = dict(raw)
-    fields = {f.name for f in dataclasses.fields(RunConfig)}
-    spec_fields = {f.name for f in dataclasses.fields(WorkerSpec)}
-    out: dict[str, Any] = {}
-    specs = raw.pop("worker", None) or raw.pop("worker_specs", None)
-    if isinstance(raw.get("workers"), list):
-        specs = raw.pop("workers")
-    default = raw.pop("default_worker", {})
-    for key, value in raw.items():
-        if key not in fields:
-            raise ValueError(f"unknown key {key!r} in {source}; known keys: {sorted(fields)}.")
-        out[key] = tuple(value) if isinstance(value, list) else value
-    for d in [default, *(specs or [])]:
-        unknown = set(d) - spec_fields
-        if unknown:
-            raise ValueError(f"unknown worker key(s) {sorted(unknown)} in {source}; "
-                             f"known: {sorted(spec_fields)}.")
-    base = WorkerSpec(**default)
-    out["default_worker"] = base
-    if specs:
-        out["worker_specs"] = tuple(dataclasses.replace(base, **s) for s in specs)
-        out.setdefault("workers", len(specs))
+def _flat_index() -> dict[str, tuple[str, str]]:
+    """flat name -> (section, field name)."""
+    out = {}
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            out[flat_name(f)] = (section, f.name)
     return out
+
+
+FLAT = _flat_index()
+SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(WorkerSpec))
+
+
+def make(**flat) -> RunConfig:
+    """A RunConfig from flat names: ``make(workers=3, epochs=4, beta=0.1)``.
+
+    ``default_worker`` and ``worker_specs`` take WorkerSpec objects or dicts; a
+    WorkerSpec field given by name (``lr=0.05``) sets it for every worker, over the
+    default and per-worker specs (as the command-line flags do).
+
+    Raises:
+      ValueError: an unknown name, or a value that a section rejects.
+    """
+    every = {k: flat.pop(k) for k in SPEC_FIELDS if k in flat}
+    kwargs: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    for name, value in flat.items():
+        if name not in FLAT:
+            raise ValueError(f"unknown config key {name!r}; known keys: "
+                             f"{sorted([*FLAT, *SPEC_FIELDS])}.")
+        section, field = FLAT[name]
+        kwargs[section][field] = value
+    w = kwargs["workers"]
+    default = w.get("default", WorkerSpec())
+    if isinstance(default, dict):
+        default = _spec(default, WorkerSpec(), "default_worker")
+    w["default"] = _spec(every, default, "the worker flags")
+    if w.get("specs") is not None:
+        w["specs"] = tuple(_spec(every, s if isinstance(s, WorkerSpec) else
+                                 _spec(s, default, "worker"), "the worker flags")
+                           for s in w["specs"])
+        w.setdefault("count", len(w["specs"]))
+    d = kwargs["data"]
+    if d.get("sizes") is not None:
+        d.setdefault("partition", "sizes")
+        if d["partition"] == "sizes":
+            w.setdefault("count", len(d["sizes"]))
+    try:
+        return RunConfig(**{s: SECTIONS[s](**kw) for s, kw in kwargs.items()})
+    except TypeError as e:  # a value of the wrong kind reached a comparison
+        raise ValueError(f"bad config value: {e}") from None
+
+
+def _spec(d: dict[str, Any], base: WorkerSpec, where: str) -> WorkerSpec:
+    if not isinstance(d, dict):
+        raise ValueError(f"each {where} must be a table of {list(SPEC_FIELDS)}, got {d!r}.")
+    unknown = set(d) - set(SPEC_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown worker key(s) {sorted(unknown)} in {where}; "
+                         f"known: {list(SPEC_FIELDS)}.")
+    return dataclasses.replace(base, **d)
+
+
+__all__ = ["RunConfig", "RunSettings", "DataConfig", "ModelConfig", "MasterConfig",
+           "WorkersConfig", "WorkerSpec", "SECTIONS", "FLAT", "MODELS", "SCHEMES",
+           "OPTIMIZERS", "BACKENDS", "ALGORITHMS", "GROUPED", "SPLITS", "DATASETS",
+           "PARTITIONS", "make", "flat_name"]

@@ -6,51 +6,14 @@ the vmap, sharded and MPI backends make the same choices from the same inputs.
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from fedf_jax import codec, protocol
-
-
-@dataclasses.dataclass(frozen=True)
-class MasterConfig:
-    """The master's public settings.
-
-    Attributes:
-      alpha0: the master's learning rate (Eq. 3 at t = 1).
-      beta: beta_k in (0, 1), one value for all workers or one per worker (Eq. 3, 5).
-      direction: the sign d of Eq. (3): +1 (Appendix A) or -1 (as printed).
-      scheme: ternary packing on the wire, ``"2bit"`` or ``"base3"``.
-    """
-
-    alpha0: float = 0.01
-    beta: float | tuple[float, ...] = 0.2
-    direction: int = 1
-    scheme: str = "2bit"
-
-    def __post_init__(self):
-        if not (math.isfinite(self.alpha0) and self.alpha0 >= 0):
-            raise ValueError(f"`alpha0` (={self.alpha0}) must be a finite number >= 0.")
-        for b in (self.beta if isinstance(self.beta, tuple) else (self.beta,)):
-            if not 0 < b < 1:
-                raise ValueError(f"`beta` (={b}) must be in the open interval (0, 1).")
-        if self.direction not in (1, -1):
-            raise ValueError(f"`direction` (={self.direction}) must be +1 or -1.")
-        if self.scheme not in codec.SCHEMES:
-            raise ValueError(f"`scheme` (={self.scheme!r}) must be one of {codec.SCHEMES}.")
-
-    def betas(self, n_workers: int) -> jax.Array:
-        """beta as f32[N]."""
-        if isinstance(self.beta, tuple):
-            if len(self.beta) != n_workers:
-                raise ValueError(f"`beta` has {len(self.beta)} values for {n_workers} workers.")
-            return jnp.asarray(self.beta, jnp.float32)
-        return jnp.full((n_workers,), self.beta, jnp.float32)
+from fedf_jax import protocol
+from fedf_jax.config import MasterConfig
 
 
 class MasterState(NamedTuple):
@@ -107,3 +70,6 @@ def update(state: MasterState, sel: Selection, costs: ArrayLike, q_pilot: ArrayL
         state.epoch, direction=cfg.direction, scheme=cfg.scheme, mask=sel.valid)
     p_new = jnp.where(sel.pilot >= 0, p_new, state.p_prev)
     return MasterState(p_new, state.p_prev, jnp.asarray(costs, jnp.float32), state.epoch + 1)
+
+
+__all__ = ["MasterConfig", "MasterState", "Selection", "init", "select", "update"]

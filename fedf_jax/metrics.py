@@ -67,14 +67,7 @@ def iou(pred: ArrayLike, true: ArrayLike, cls: int = 1,
         valid: ArrayLike | None = None) -> jax.Array:
     """Intersection over union |P ∩ T| / |P ∪ T| (Jaccard index) of class ``cls``.
 
-    Args:
-      pred: i[H, W] predicted class ids.
-      true: i[H, W] true class ids.
-      cls: the class scored.
-      valid: bool[H, W] the pixels that count; all when None.
-
-    Returns:
-      f32[] in [0, 1]; 1.0 when the class is in neither mask.
+    Arguments and result as :func:`dice`'s (1.0 when the class is in neither mask).
     """
     inter, n_pred, n_true = _overlap(pred, true, cls, valid)
     union = n_pred + n_true - inter

@@ -58,13 +58,23 @@ def make_header(config: dict[str, Any], devices: list[str], **extra) -> dict[str
 
 
 class RunLog:
-    """Appends JSON lines to ``path``; use as a context manager."""
+    """Writes JSON lines to ``path``; use as a context manager.
 
-    def __init__(self, path: str | Path, header: dict[str, Any]):
+    A new log starts with ``header``; ``append=True`` continues an existing one (a
+    resumed run: the file already has its header) and writes ``header``, if given, as
+    one more line (e.g. a ``resume`` record).
+    """
+
+    def __init__(self, path: str | Path, header: dict[str, Any] | None, *,
+                 append: bool = False):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("w", encoding="utf-8")
-        self.write(header)
+        if append and not self.path.is_file():
+            raise ValueError(f"cannot append to the run log {str(self.path)!r}: it does not "
+                             "exist.")
+        self._file = self.path.open("a" if append else "w", encoding="utf-8")
+        if header is not None:
+            self.write(header)
 
     def write(self, record: dict[str, Any]) -> None:
         self._file.write(json.dumps(to_json(record), allow_nan=False) + "\n")

@@ -8,7 +8,7 @@ the same number of scan steps with a batch of the largest size, and a mask makes
 the surplus steps no-ops and the surplus batch rows weightless. Only the optimizer
 kind changes the program; backends vmap one group per kind.
 
-PRNG: worker ``k`` at global epoch ``t`` uses ``fold_in(fold_in(train_key, t), k)``
+PRNG: worker ``k`` at global epoch ``t`` uses ``keys.worker_key(train_key, t, k)``
 and local epoch ``e`` folds in ``e``; the shuffle draws one number per sample
 index, so a worker's order does not depend on how much padding its group has
 (this relies on ``jax_threefry_partitionable``, on by default since JAX 0.5).
@@ -17,8 +17,6 @@ Same keys under vmap, shard_map and MPI.
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from typing import NamedTuple
 
 import jax
@@ -27,47 +25,12 @@ import numpy as np
 import optax
 from jax.typing import ArrayLike
 
-from fedf_jax import codec, protocol
+from fedf_jax import codec, keys, protocol
+from fedf_jax.config import OPTIMIZERS, WorkerSpec
 from fedf_jax.data.augment import augment_batch
 from fedf_jax.models import Model
 
-OPTIMIZERS = ("sgd", "momentum", "adam")
 UNROLL = 2  # two local steps per loop iteration: less loop overhead on small workers
-
-
-@dataclasses.dataclass(frozen=True)
-class WorkerSpec:
-    """A worker's private training hyper-parameters (never sent to the master).
-
-    Attributes:
-      lr: learning rate alpha_k; also the threshold of Eq. (4) at t = 1.
-      batch_size: mini-batch size.
-      local_epochs: passes over the local set per global epoch.
-      optimizer: ``"sgd"``, ``"momentum"`` or ``"adam"`` (optax).
-      momentum: the momentum coefficient of ``"momentum"``.
-    """
-
-    lr: float = 0.2
-    batch_size: int = 10
-    local_epochs: int = 1
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-
-    def __post_init__(self):
-        for name in ("lr", "batch_size", "local_epochs", "momentum"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"`{name}` (={value!r}) must be a number.")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"`lr` (={self.lr}) must be a positive number.")
-        if int(self.batch_size) != self.batch_size or self.batch_size < 1:
-            raise ValueError(f"`batch_size` (={self.batch_size}) must be an integer >= 1.")
-        if int(self.local_epochs) != self.local_epochs or self.local_epochs < 1:
-            raise ValueError(f"`local_epochs` (={self.local_epochs}) must be an integer >= 1.")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"`optimizer` (={self.optimizer!r}) must be one of {OPTIMIZERS}.")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"`momentum` (={self.momentum}) must be in [0, 1).")
 
 
 class HParams(NamedTuple):
@@ -176,7 +139,7 @@ def local_train(model: Model, kind: str, shapes: Shapes, p: jax.Array, opt_state
     total = hp.local_epochs * n_batches * (size > 0)  # an empty (padding) worker: no steps
     rows = jnp.arange(shapes.batch)
 
-    aug_key = jax.random.fold_in(key, 2**31 - 1)  # never a local-epoch index
+    aug_key = jax.random.fold_in(key, keys.AUGMENT)
 
     def loss_fn(params, xb, yb, valid):
         logits, p_stats = model.train_apply(params, xb, valid)
@@ -277,6 +240,6 @@ def ternary_message(q: jax.Array, p_prev: jax.Array, p_prev2: jax.Array, alpha: 
     return packed, codec.count_nonzero_jnp(packed, scheme)
 
 
-def worker_key(train_key: jax.Array, epoch: ArrayLike, worker_id: ArrayLike) -> jax.Array:
-    """The key of worker ``worker_id`` at global epoch ``epoch`` (STYLE: fold_in, not order)."""
-    return jax.random.fold_in(jax.random.fold_in(train_key, epoch), worker_id)
+__all__ = ["OPTIMIZERS", "WorkerSpec", "HParams", "Shapes", "stack_hparams", "group_shapes",
+           "make_optimizer", "init_opt_state", "cross_entropy", "hits", "shuffle",
+           "local_train", "evaluate", "train_and_cost", "ternary_message"]

@@ -3,7 +3,7 @@
 The fused worker kernel (ternarize + pack) must equal the unfused one and a numpy loop
 bit for bit; the fused master kernel (unpack + Eq. 3) must equal the unfused one and a
 float64 numpy loop up to float32 rounding (the sums run in a different order).
-``make_scan_fn(..., n)`` must give the outputs and state of n ``make_epoch_fn`` calls.
+``harness.scan(epoch, n)`` must give the outputs and state of n epoch calls.
 """
 
 import functools
@@ -12,9 +12,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference import TRITS_PER_BYTE, ref_master_update, ref_pack, ref_ternarize
 
-from fedf_jax import codec, master, protocol, worker
-from fedf_jax.backends import vmap as vb
+from fedf_jax import codec, harness, layout, master, protocol, worker
+from fedf_jax.algorithms import fedf
+from fedf_jax.data import WorkerData
 from fedf_jax.models import make_model
 
 SCHEMES = ["2bit", "base3"]
@@ -23,54 +25,12 @@ SCHEMES = ["2bit", "base3"]
 # ------------------------------------------------------------------ numpy references
 
 
-def ref_ternarize(q, p_prev, p_prev2, alpha, beta, epoch):
-    """Eq. (4) at t = 1 and Eq. (5) after, one element at a time."""
-    out = np.zeros(len(q), np.int8)
-    for i in range(len(q)):
-        d = np.float32(q[i]) - np.float32(p_prev[i])
-        s = np.float32(p_prev[i]) - np.float32(p_prev2[i])
-        if epoch == 1:
-            out[i] = 1 if d > alpha else (-1 if d < -alpha else 0)
-        elif abs(d) < np.float32(beta) * abs(s):
-            out[i] = 0
-        else:
-            out[i] = np.sign(d) * np.sign(s)
-    return out
-
-
-def ref_pack(t, scheme):
-    """DESIGN §2 packing, one trit at a time."""
-    per = 4 if scheme == "2bit" else 5
-    out = np.zeros(-(-len(t) // per), np.uint8)
-    for i, v in enumerate(t):
-        if scheme == "2bit":
-            out[i // per] |= {0: 0, 1: 1, -1: 3}[int(v)] << (2 * (i % per))
-        else:
-            out[i // per] += (int(v) + 1) * 3 ** (i % per)
-    for i in range(len(t), len(out) * per):  # tail padding trits are the value 0
-        if scheme == "base3":
-            out[i // per] += 3 ** (i % per)
-    return out
-
-
 def ref_unpack_byte(b, scheme):
+    """Every byte, invalid ones included, as the jnp decoders read it: 2-bit code 10 -> 0,
+    base-3 digits of any byte."""
     if scheme == "2bit":
         return [{0: 0, 1: 1, 2: 0, 3: -1}[(b >> (2 * j)) & 3] for j in range(4)]
     return [(b // 3**j) % 3 - 1 for j in range(5)]
-
-
-def ref_master(q_pilot, tern, sizes, pilot, p_prev, p_prev2, alpha0, betas, epoch, direction,
-               mask):
-    """Eq. (3) in float64: masked rows and the pilot's row add nothing."""
-    p = np.asarray(sizes, np.float64) / np.sum(sizes)
-    votes = np.zeros(len(q_pilot))
-    for k in range(len(tern)):
-        if k == pilot or not mask[k]:
-            continue
-        w = alpha0 * p[k] if epoch == 1 else p[k] * betas[k]
-        votes += w * tern[k]
-    scale = 1.0 if epoch == 1 else (np.float64(p_prev) - p_prev2)
-    return q_pilot + direction * votes * scale
 
 
 # ------------------------------------------------------------------ decoding
@@ -78,7 +38,7 @@ def ref_master(q_pilot, tern, sizes, pilot, p_prev, p_prev2, alpha0, betas, epoc
 
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_float_lanes_decode_every_byte_like_the_spec(scheme):
-    per = codec._PER_BYTE[scheme]
+    per = TRITS_PER_BYTE[scheme]
     buf = jnp.arange(256, dtype=jnp.uint8)
     got = np.asarray(codec.unpack_f32_jnp(buf, 256 * per, scheme))
     want = np.array([ref_unpack_byte(b, scheme) for b in range(256)], np.float32).reshape(-1)
@@ -89,7 +49,7 @@ def test_float_lanes_decode_every_byte_like_the_spec(scheme):
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_float_lanes_keep_leading_axes_and_cut_the_tail(scheme):
     """Rows [3, B] decode row by row; n not a multiple of the trits per byte."""
-    per = codec._PER_BYTE[scheme]
+    per = TRITS_PER_BYTE[scheme]
     rng = np.random.default_rng(7)
     n = 5 * per + 2
     t = rng.integers(-1, 2, size=(3, n)).astype(np.int8)
@@ -179,8 +139,8 @@ def test_fused_unpack_update_equals_unfused_and_numpy(block, scheme, n):
                                                       scheme=scheme, mask=mask))
             unfused = np.asarray(protocol.unpack_then_update(*args, direction=direction,
                                                              scheme=scheme, mask=mask))
-            want = ref_master(q_pilot, tern, sizes, pilot, p_prev, p_prev2, 0.05, betas,
-                              epoch, direction, mask)
+            want = ref_master_update(q_pilot, tern, sizes, pilot, p_prev, p_prev2, 0.05,
+                                     betas, epoch, direction, mask)
             np.testing.assert_allclose(fused, want, rtol=2e-6, atol=2e-6)
             np.testing.assert_allclose(unfused, fused, rtol=2e-6, atol=2e-6)
 
@@ -209,27 +169,28 @@ def _tiny_run(kinds):
     y = rng.integers(0, 3, (n, 9)).astype(np.int32)
     specs = [worker.WorkerSpec(lr=0.1, batch_size=3, optimizer=k) for k in kinds]
     cfg = master.MasterConfig(alpha0=0.05, beta=0.3)
-    plan = vb.make_plan(specs, sizes, 4)
-    data = vb.make_data(plan, x, y, sizes, specs, cfg.betas(n), x[0, :4], y[0, :4],
+    lay = layout.make_layout(specs, sizes, 4)
+    data = layout.place(lay, WorkerData(x, y, sizes), specs, cfg.betas(n), x[0, :4], y[0, :4],
                         jax.random.key(0))
-    return model, plan, cfg, data, model.init(jax.random.key(1))
+    step = functools.partial(fedf.epoch, model, lay, cfg, layout.HERE.spread)
+    return step, lay, data, model.init(jax.random.key(1))
 
 
 def test_scan_of_three_epochs_equals_three_epoch_calls():
-    # two optimizer kinds: two vmapped groups, gathered back in worker order
-    model, plan, cfg, data, p0 = _tiny_run(["sgd", "adam", "sgd"])
-    step = vb.make_epoch_fn(model, plan, cfg)
-    state = vb.init_state(plan, data, p0)
+    # two optimizer kinds: two vmapped cohorts, gathered back in worker order
+    epoch, lay, data, p0 = _tiny_run(["sgd", "adam", "sgd"])
+    step = jax.jit(epoch, donate_argnums=0)
+    state = fedf.init(lay, data, p0)
     outs = []
     for _ in range(3):
         state, out = step(state, data)
         outs.append(jax.device_get(out))
-    scan = vb.make_scan_fn(model, plan, cfg, 3)
-    s_state, s_out = scan(vb.init_state(plan, data, p0), data)
-    for name in vb.EpochOutput._fields:
-        got = np.asarray(getattr(s_out, name))
+    scan = jax.jit(harness.scan(epoch, 3), donate_argnums=0)
+    s_state, s_out = scan(fedf.init(lay, data, p0), data)
+    for name in outs[0]:
+        got = np.asarray(s_out[name])
         assert got.shape[0] == 3
-        want = np.stack([np.asarray(getattr(o, name)) for o in outs])
+        want = np.stack([np.asarray(o[name]) for o in outs])
         # the same program body: equal up to float32 rounding (observed: bit for bit)
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7, err_msg=name)
     for a, b in zip(jax.tree.leaves(s_state), jax.tree.leaves(state), strict=True):
@@ -241,7 +202,7 @@ def test_scan_of_three_epochs_equals_three_epoch_calls():
 
 
 @pytest.mark.parametrize("bad", [0, -2, 2.0, True])
-def test_make_scan_fn_names_a_bad_epoch_count(bad):
-    model, plan, cfg, _, _ = _tiny_run(["sgd"])
+def test_scan_names_a_bad_epoch_count(bad):
+    epoch, _, _, _ = _tiny_run(["sgd"])
     with pytest.raises(ValueError, match="n_epochs"):
-        vb.make_scan_fn(model, plan, cfg, bad)
+        harness.scan(epoch, bad)

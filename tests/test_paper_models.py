@@ -1,19 +1,24 @@
 """Paper-scale models inside FEDF: batch statistics travel in P, one epoch per model."""
 
-import dataclasses
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedf_jax import cli, master, runlog, simulation, worker
-from fedf_jax.backends import vmap as vb
-from fedf_jax.config import RunConfig
+from fedf_jax import cli, config, layout, master, runlog, simulation, worker
+from fedf_jax.algorithms import fedf
+from fedf_jax.data import WorkerData
 from fedf_jax.models import make_model
 
-train_group = jax.jit(vb.train_group, static_argnums=(0, 1))
+train_cohort = jax.jit(layout.train_cohort, static_argnums=(0, 1))
+
+
+def _place(specs, x, y, sizes, betas, key, ids=None):
+    lay = layout.make_layout(specs, sizes, 4, ids=ids)
+    data = layout.place(lay, WorkerData(x, y, np.asarray(sizes)), specs, betas, x[0, :4],
+                        y[0, :4], key)
+    return lay, data
 
 
 def _images(n_workers, size, shape, classes, seed=0, masks=False):
@@ -34,15 +39,13 @@ def test_one_fedf_epoch_with_each_paper_model(name, shape, classes, kwargs, mask
     sizes = np.array([6, 4, 5])
     specs = [worker.WorkerSpec(lr=0.05, batch_size=3)] * 3
     cfg = master.MasterConfig()
-    plan = vb.make_plan(specs, sizes, 4)
-    data = vb.make_data(plan, x, y, sizes, specs, cfg.betas(3), x[0, :4], y[0, :4],
-                        jax.random.key(0))
+    lay, data = _place(specs, x, y, sizes, cfg.betas(3), jax.random.key(0))
     p0 = model.init(jax.random.key(1))
-    state = vb.init_state(plan, data, p0)
-    state, out = vb.make_epoch_fn(model, plan, cfg)(state, data)
+    step = jax.jit(functools.partial(fedf.epoch, model, lay, cfg, layout.HERE.spread))
+    state, out = step(fedf.init(lay, data, p0), data)
     p1 = np.asarray(state.master.p_prev)
-    assert np.isfinite(p1).all() and np.isfinite(np.asarray(out.costs)).all()
-    assert 0 <= int(out.pilot) < 3
+    assert np.isfinite(p1).all() and np.isfinite(np.asarray(out["costs"])).all()
+    assert 0 <= int(out["pilot"]) < 3
     stats0, stats1 = np.asarray(p0)[model.num_trainable:], p1[model.num_trainable:]
     assert not np.allclose(stats0, stats1)  # running statistics moved with the pilot
 
@@ -56,19 +59,13 @@ def test_batch_statistics_ignore_padding_rows():
     sizes = np.array([7, 9])
     p0 = model.init(jax.random.key(3))
     key = jax.random.key(4)
-    plan = vb.make_plan(specs, sizes, 1)
-    data = vb.make_data(plan, x, y, sizes, specs, np.full(2, 0.2), x[0, :1], y[0, :1], key)
-    state = vb.init_state(plan, data, p0)
-    (g,), (gd,), (o,) = plan.groups, data.groups, state.opt_states
-    q_group, _, _ = train_group(model, g, p0, o, gd, key, 1)
+    lay, data = _place(specs, x, y, sizes, np.full(2, 0.2), key)
+    (c,), (cd,), (o,) = lay.cohorts, data.cohorts, layout.init_opt_states(lay, data, p0)
+    q_group, _, _ = train_cohort(model, c, p0, key, 1, o, cd)
 
-    alone = vb.make_plan(specs[:1], [7], 1)
-    (ga,) = alone.groups
-    gda = vb.GroupData(jnp.asarray(x[:1, :7]), jnp.asarray(y[:1, :7]), jnp.asarray([7]),
-                       jax.tree.map(jnp.asarray, worker.stack_hparams(specs[:1])),
-                       jnp.asarray([0.2]), jnp.asarray([0]))
-    oa = jax.vmap(functools.partial(worker.init_opt_state, "sgd"), in_axes=(0, None))(gda.hp, p0)
-    q_alone, _, _ = train_group(model, ga, p0, oa, gda, key, 1)
+    lay, data = _place(specs[:1], x[:1, :7], y[:1, :7], [7], np.full(1, 0.2), key)
+    (c,), (cd,), (o,) = lay.cohorts, data.cohorts, layout.init_opt_states(lay, data, p0)
+    q_alone, _, _ = train_cohort(model, c, p0, key, 1, o, cd)
     np.testing.assert_allclose(q_group[0], q_alone[0], rtol=2e-4, atol=2e-5)
 
 
@@ -82,17 +79,17 @@ def test_missing_data_dir_is_one_line_exit_2(tmp_path, capsys):
 
 
 def test_unet_defaults_to_bundled_synthetic_segmentation():
-    cfg = RunConfig(model="unet")
-    assert cfg.data == "synthetic-seg" and cfg.model_options == {"width": 8}
-    assert RunConfig(data="cifar10", data_dir="x").augment is True
-    assert RunConfig().augment is False
+    cfg = config.make(model="unet")
+    assert cfg.data.name == "synthetic-seg" and cfg.model_options() == {"width": 8}
+    assert config.make(data="cifar10", data_dir="x").data.augment is True
+    assert config.make().data.augment is False
     with pytest.raises(ValueError, match="width"):
-        RunConfig(model="mlp", width=8)
+        config.make(model="mlp", width=8)
 
 
 @pytest.mark.slow
 def test_fedf_simulate_unet_on_synthetic_segmentation(tmp_path):
-    cfg = dataclasses.replace(RunConfig(model="unet", workers=3, epochs=3), width=4)
+    cfg = config.make(model="unet", workers=3, epochs=3, width=4)
     simulation.run(cfg, tmp_path)
     _, epochs = runlog.read(tmp_path / "run.jsonl")
     assert epochs[-1]["test_accuracy"] > 0.8  # pixel accuracy; background alone is ~0.7

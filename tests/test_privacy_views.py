@@ -1,17 +1,17 @@
 """Recorded protocol rounds: the simulator's epochs, Eq. (1)/(3)/(4)/(5) in numpy, arms."""
 
 import dataclasses
+import functools
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedf_jax import master
-from fedf_jax.backends import vmap as vb
-from fedf_jax.data import stack_workers
+from fedf_jax import keys, layout, master
+from fedf_jax.algorithms import fedf
 from fedf_jax.privacy import views
 from fedf_jax.privacy.common import Options
-from fedf_jax.simulation import root_keys
 
 OPTS = Options(workers=3, hidden=8, partition="iid")
 SEED = 3
@@ -41,17 +41,17 @@ def _np_ternary(q, p_prev, p_prev2, alpha, beta, t):
 def test_fedf_rounds_equal_the_vmap_simulator_epochs(fed, runs):
     x, y = np.concatenate(fed.x_parts), np.concatenate(fed.y_parts)
     b = np.cumsum([0] + [len(p) for p in fed.y_parts])
-    wd = stack_workers(x, y, [np.arange(b[i], b[i + 1]) for i in range(len(b) - 1)])
     cfg = master.MasterConfig(alpha0=fed.alpha0, beta=fed.beta)
-    plan = vb.make_plan(fed.specs, wd.sizes, len(fed.y_test))
-    data = vb.make_data(plan, wd.x, wd.y, wd.sizes, fed.specs, cfg.betas(3), fed.x_test,
-                        fed.y_test, root_keys(SEED)[1])
-    state = vb.init_state(plan, data, jnp.asarray(fed.p0))
-    step = vb.make_epoch_fn(fed.model, plan, cfg)
+    w = layout.build(fed.specs, x, y, [np.arange(b[i], b[i + 1]) for i in range(len(b) - 1)],
+                     betas=cfg.betas(3), x_test=fed.x_test, y_test=fed.y_test,
+                     train_key=keys.stream(SEED, keys.TRAIN))
+    state = fedf.init(w.layout, w.data, jnp.asarray(fed.p0))
+    step = jax.jit(functools.partial(fedf.epoch, fed.model, w.layout, cfg, layout.HERE.spread),
+                   donate_argnums=0)
     for view in runs["fedf+1"]:
-        state, out = step(state, data)
-        assert int(out.pilot) == view.pilot
-        np.testing.assert_allclose(np.asarray(out.costs), view.costs, rtol=1e-6)
+        state, out = step(state, w.data)
+        assert int(out["pilot"]) == view.pilot
+        np.testing.assert_allclose(np.asarray(out["costs"]), view.costs, rtol=1e-6)
         np.testing.assert_allclose(np.asarray(state.master.p_prev), view.p_new, atol=1e-6)
 
 
@@ -74,7 +74,7 @@ def test_fedf_rounds_follow_eq1_eq3_eq4_eq5_in_numpy(fed, runs, arm):
         expect = v.q_sent[v.pilot] + d * (w @ v.ternary) * scale
         np.testing.assert_allclose(v.p_new, expect, atol=1e-6)
         prev_costs = v.costs.astype(np.float64)
-    assert runs[arm][1].p_prev2 is not None
+    np.testing.assert_array_equal(runs[arm][1].p_prev2, fed.p0)  # P^{t-2} at t = 2 is P^0
     np.testing.assert_array_equal(runs[arm][1].p_prev, runs[arm][0].p_new)
     np.testing.assert_array_equal(runs[arm][2].p_prev2, runs[arm][0].p_new)
     np.testing.assert_array_equal(runs[arm][0].p_prev, fed.p0)

@@ -1,18 +1,18 @@
 """The vmap simulator end to end: determinism, bytes, non-finite workers, one compile."""
 
-import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedf_jax import codec, master, protocol, runlog, simulation, worker
-from fedf_jax.backends import vmap as vb
-from fedf_jax.config import RunConfig
+from fedf_jax import codec, config, layout, master, protocol, runlog, simulation, worker
+from fedf_jax.algorithms import fedf
+from fedf_jax.data import stack_workers
 
 VOLATILE = ("wall_s", "modeled_s")
-train_group = jax.jit(vb.train_group, static_argnums=(0, 1))
+train_cohort = jax.jit(layout.train_cohort, static_argnums=(0, 1))
 
 
 def _strip(records):
@@ -21,9 +21,9 @@ def _strip(records):
 
 @pytest.fixture(scope="module")
 def small_runs(tmp_path_factory):
-    cfg = RunConfig(workers=3, epochs=4, seed=11)
+    cfg = config.make(workers=3, epochs=4, seed=11)
     runs = {}
-    for name, c in [("a", cfg), ("b", cfg), ("c", dataclasses.replace(cfg, seed=12))]:
+    for name, c in [("a", cfg), ("b", cfg), ("c", cfg.replace(seed=12))]:
         out = tmp_path_factory.mktemp(name)
         simulation.run(c, out)
         runs[name] = runlog.read(out / "run.jsonl")
@@ -101,33 +101,42 @@ def _tiny_setup(n=4, m_hidden=(6,), lrs=None, seed=0, kinds=None):
     return model, specs, x, y, sizes
 
 
+def _tiny_fedf(model, specs, x, y, sizes, cfg):
+    """The FEDF epoch, its data and first state for the tiny workers (vmap backend)."""
+    wd = stack_workers(x.reshape(-1, *x.shape[2:]), y.reshape(-1),
+                              [k * x.shape[1] + np.arange(s) for k, s in enumerate(sizes)])
+    lay = layout.make_layout(specs, wd.sizes, 4)
+    data = layout.place(lay, wd, specs, cfg.betas(len(specs)), x[0, :4], y[0, :4],
+                        jax.random.key(0))
+    p0 = model.init(jax.random.key(1))
+    step = functools.partial(fedf.epoch, model, lay, cfg, layout.HERE.spread)
+    return lay, data, p0, step
+
+
 @pytest.mark.parametrize("kinds", [None, ["adam", "sgd", "momentum", "sgd"]])
 def test_epoch_step_equals_protocol_functions_applied_by_hand(kinds):
     model, specs, x, y, sizes = _tiny_setup(lrs=[0.1, 0.02, 0.05, 0.1], kinds=kinds)
     cfg = master.MasterConfig(alpha0=0.05, beta=0.3, direction=-1)
-    plan = vb.make_plan(specs, sizes, 4)
-    data = vb.make_data(plan, x, y, sizes, specs, cfg.betas(4), x[0, :4], y[0, :4],
-                        jax.random.key(0))
-    p0 = model.init(jax.random.key(1))
-    state = vb.init_state(plan, data, p0)
-    step = jax.jit(lambda s, d: vb.epoch(model, plan, cfg, s, d))
+    lay, data, p0, step = _tiny_fedf(model, specs, x, y, sizes, cfg)
+    state = fedf.init(lay, data, p0)
+    step = jax.jit(step)
     p_prev, p_prev2, prev_c = np.asarray(p0), np.asarray(p0), None
     for t in (1, 2, 3):
         q, c = np.zeros((4, p0.size), np.float32), np.zeros(4, np.float32)
-        for g, gd, o in zip(plan.groups, data.groups, state.opt_states, strict=True):
-            qg, cg, _ = train_group(model, g, jnp.asarray(p_prev), o, gd, data.train_key, t)
-            q[list(g.rows)], c[list(g.rows)] = qg, cg
+        for co, cd, o in zip(lay.cohorts, data.cohorts, state.opt_states, strict=True):
+            qg, cg, _ = train_cohort(model, co, jnp.asarray(p_prev), data.train_key, t, o, cd)
+            q[list(co.rows)], c[list(co.rows)] = qg, cg
         state, out = step(state, data)
-        np.testing.assert_allclose(out.costs, c, rtol=1e-6)
+        np.testing.assert_allclose(out["costs"], c, rtol=1e-6)
         gvals = protocol.goodness(c, prev_c if prev_c is not None else c, sizes, t)
         pilot = int(protocol.select_pilot(gvals))
-        assert pilot == int(out.pilot)
+        assert pilot == int(out["pilot"])
         tern = np.stack([protocol.ternarize(q[k], p_prev, p_prev2, specs[k].lr, 0.3, t)
                          for k in range(4)])
         want = protocol.master_update(q[pilot], tern, sizes, pilot, p_prev, p_prev2, 0.05, 0.3,
                                       t, direction=-1)
         np.testing.assert_allclose(state.master.p_prev, want, rtol=1e-5, atol=1e-6)
-        np.testing.assert_array_equal(out.nonzero, (tern != 0).sum(1))
+        np.testing.assert_array_equal(out["nonzero"], (tern != 0).sum(1))
         p_prev, p_prev2, prev_c = np.asarray(state.master.p_prev), p_prev, c
 
 
@@ -135,15 +144,12 @@ def test_nonfinite_worker_is_never_pilot_and_its_ternary_is_dropped():
     model, specs, x, y, sizes = _tiny_setup()
     x[2] *= 1e30  # worker 2 diverges: NaN cost every epoch
     cfg = master.MasterConfig(alpha0=0.05)
-    plan = vb.make_plan(specs, sizes, 4)
-    data = vb.make_data(plan, x, y, sizes, specs, cfg.betas(4), x[0, :4], y[0, :4],
-                        jax.random.key(0))
-    state = vb.init_state(plan, data, model.init(jax.random.key(1)))
-    step = vb.make_epoch_fn(model, plan, cfg)
+    lay, data, p0, step = _tiny_fedf(model, specs, x, y, sizes, cfg)
+    state, step = fedf.init(lay, data, p0), jax.jit(step, donate_argnums=0)
     for _ in range(3):
         state, out = step(state, data)
-        assert not bool(out.valid[2]) and bool(np.asarray(out.valid)[[0, 1, 3]].all())
-        assert int(out.pilot) != 2 and int(out.pilot) >= 0
+        assert not bool(out["valid"][2]) and bool(np.asarray(out["valid"])[[0, 1, 3]].all())
+        assert int(out["pilot"]) != 2 and int(out["pilot"]) >= 0
         assert np.isfinite(np.asarray(state.master.p_prev)).all()
 
 
@@ -151,13 +157,9 @@ def test_all_workers_nonfinite_keeps_the_global_model():
     model, specs, x, y, sizes = _tiny_setup()
     x *= 1e30
     cfg = master.MasterConfig()
-    plan = vb.make_plan(specs, sizes, 4)
-    data = vb.make_data(plan, x, y, sizes, specs, cfg.betas(4), x[0, :4], y[0, :4],
-                        jax.random.key(0))
-    p0 = model.init(jax.random.key(1))
-    state = vb.init_state(plan, data, p0)
-    state, out = vb.make_epoch_fn(model, plan, cfg)(state, data)
-    assert int(out.pilot) == -1
+    lay, data, p0, step = _tiny_fedf(model, specs, x, y, sizes, cfg)
+    state, out = jax.jit(step)(fedf.init(lay, data, p0), data)
+    assert int(out["pilot"]) == -1
     np.testing.assert_array_equal(state.master.p_prev, p0)
     assert int(state.master.epoch) == 2
 
@@ -165,12 +167,10 @@ def test_all_workers_nonfinite_keeps_the_global_model():
 def test_epoch_step_compiles_once_across_epochs():
     model, specs, x, y, sizes = _tiny_setup()
     cfg = master.MasterConfig()
-    plan = vb.make_plan(specs, sizes, 4)
-    data = vb.make_data(plan, x, y, sizes, specs, cfg.betas(4), x[0, :4], y[0, :4],
-                        jax.random.key(0))
-    state = vb.init_state(plan, data, model.init(jax.random.key(1)))
+    lay, data, p0, step = _tiny_fedf(model, specs, x, y, sizes, cfg)
+    state = fedf.init(lay, data, p0)
     traces = []
-    fn = jax.jit(lambda s, d: (traces.append(1), vb.epoch(model, plan, cfg, s, d))[1])
+    fn = jax.jit(lambda s, d: (traces.append(1), step(s, d))[1])
     for _ in range(4):
         state, _ = fn(state, data)
     assert len(traces) == 1
@@ -178,10 +178,10 @@ def test_epoch_step_compiles_once_across_epochs():
 
 def test_simulate_flag_errors_name_the_value():
     with pytest.raises(ValueError, match="workers"):
-        RunConfig(workers=0)
+        config.make(workers=0)
     with pytest.raises(ValueError, match="beta"):
-        RunConfig(beta=1.5)
+        config.make(beta=1.5)
     with pytest.raises(ValueError, match="model"):
-        RunConfig(model="transformer")
+        config.make(model="transformer")
     with pytest.raises(ValueError, match="2 values for 3 workers"):
-        RunConfig(workers=3, beta=(0.1, 0.2))
+        config.make(workers=3, beta=(0.1, 0.2))

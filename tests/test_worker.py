@@ -1,18 +1,16 @@
 """Local training: heterogeneous workers under vmap equal each worker trained alone."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedf_jax import worker
-from fedf_jax.backends import vmap as vb
+from fedf_jax import keys, layout, worker
+from fedf_jax.data import WorkerData
 from fedf_jax.models import make_model
 
 IN_SHAPE = (4, 4, 1)
-train_group = jax.jit(vb.train_group, static_argnums=(0, 1))
+train_cohort = jax.jit(layout.train_cohort, static_argnums=(0, 1))
 
 
 def _data(sizes, seed=0):
@@ -26,17 +24,16 @@ def _data(sizes, seed=0):
     return x, y, np.asarray(sizes)
 
 
-def _train(model, specs, x, y, sizes, p0, key, epoch=1):
-    plan = vb.make_plan(specs, sizes, 1)
-    data = vb.make_data(plan, x, y, sizes, specs, np.full(len(specs), 0.2), x[0, :1],
-                        y[0, :1], key)
-    state = vb.init_state(plan, data, p0)
-    outs = [train_group(model, g, p0, o, gd, key, epoch)
-            for g, gd, o in zip(plan.groups, data.groups, state.opt_states, strict=True)]
-    order = plan.order
-    q = np.concatenate([np.asarray(o[0]) for o in outs])[np.argsort(order)]
-    c = np.concatenate([np.asarray(o[1]) for o in outs])[np.argsort(order)]
-    return q, c
+def _train(model, specs, x, y, sizes, p0, key, epoch=1, ids=None):
+    lay = layout.make_layout(specs, sizes, 1, ids=ids)
+    data = layout.place(lay, WorkerData(x, y, np.asarray(sizes)), specs,
+                        np.full(len(specs), 0.2), x[0, :1], y[0, :1], key)
+    opt = layout.init_opt_states(lay, data, p0)
+    outs = [train_cohort(model, c, p0, key, epoch, o, cd)
+            for c, cd, o in zip(lay.cohorts, data.cohorts, opt, strict=True)]
+    q = layout.to_workers(lay, [o[0] for o in outs])
+    c = layout.to_workers(lay, [o[1] for o in outs])
+    return np.asarray(q), np.asarray(c)
 
 
 SPECS = [
@@ -58,21 +55,10 @@ def test_heterogeneous_workers_under_vmap_equal_each_worker_alone():
     q_all, c_all = _train(model, SPECS, x, y, sizes, p0, key)
     for k, spec in enumerate(SPECS):
         n = SIZES[k]
-        # Alone: no padding rows, its own batch size; the worker id must stay k.
-        plan = vb.make_plan([spec], [n], 1)
-        (group,) = plan.groups
-        group = group._replace(ids=(k,))  # its global id stays k
-        gd = vb.GroupData(jnp.asarray(x[k:k + 1, :n]), jnp.asarray(y[k:k + 1, :n]),
-                          jnp.asarray([n], jnp.int32),
-                          jax.tree.map(jnp.asarray, worker.stack_hparams([spec])),
-                          jnp.asarray([0.2], jnp.float32),
-                          jnp.asarray([k], jnp.int32))
-        opt = jax.vmap(functools.partial(worker.init_opt_state, spec.optimizer),
-                       in_axes=(0, None))(gd.hp, p0)
-        q, c, _ = train_group(model, group, p0, opt, gd, key, 1)
-        np.testing.assert_allclose(q_all[k], np.asarray(q[0]), rtol=1e-5, atol=1e-6,
-                                   err_msg=f"worker {k}")
-        np.testing.assert_allclose(c_all[k], float(c[0]), rtol=1e-5)
+        # Alone: no padding rows, its own batch size; its global id stays k.
+        q, c = _train(model, [spec], x[k:k + 1, :n], y[k:k + 1, :n], [n], p0, key, ids=[k])
+        np.testing.assert_allclose(q_all[k], q[0], rtol=1e-5, atol=1e-6, err_msg=f"worker {k}")
+        np.testing.assert_allclose(c_all[k], c[0], rtol=1e-5)
 
 
 def _numpy_sgd_mlp(p_flat, model, x, y, n, batch, lr, epochs, key):
@@ -127,7 +113,7 @@ def test_local_sgd_matches_numpy_reference(batch, epochs):
     key = jax.random.key(5)
     specs = [worker.WorkerSpec(lr=0.3, batch_size=batch, local_epochs=epochs)] * 2
     q, _ = _train(model, specs, x, y, sizes, p0, key)
-    wkey = worker.worker_key(key, 1, 0)
+    wkey = keys.worker_key(key, 1, 0)
     ref = _numpy_sgd_mlp(p0, model, x[0], y[0], n, batch, 0.3, epochs, wkey)
     np.testing.assert_allclose(q[0], ref, rtol=2e-4, atol=2e-5)
 

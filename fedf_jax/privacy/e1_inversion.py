@@ -41,7 +41,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from fedf_jax import worker
+from fedf_jax import keys, worker
 from fedf_jax.models import MLP
 from fedf_jax.privacy import metrics, views
 from fedf_jax.privacy.common import Options, Result, conclude, mean_ci95, row
@@ -321,7 +321,7 @@ def run(opts: Options, seed0: int = 0, progress: Callable[[str], None] | None = 
                     delta = v.q_sent[k].astype(np.float64) - v.p_prev
                     ck = (seed, n, e, b, v.epoch, k, delta.tobytes())
                     if ck not in cache:
-                        key = jax.random.fold_in(jax.random.key(seed), 1000 + v.epoch)
+                        key = keys.stream(seed, keys.ATTACK + v.epoch)
                         cache[ck] = attack_update(fed, layers, v.p_prev, delta, k, iters, key,
                                                   optimise=v.epoch == 1)
                     for metric, value in cache[ck].items():
@@ -350,7 +350,7 @@ def _verdict(cells, arms) -> tuple[str, str]:
     for (arm, setting, metric), values in cells.items():
         if arm not in fedf:
             continue
-        m, lo, _ = mean_ci95(values)
+        m, lo, _ = mean_ci95(values, metric)
         if metric == "analytic_psnr_db" and setting.startswith("n_k=1 ") and m > 40 and lo > 30:
             refute.append(f"{arm} {setting}: analytic PSNR {m:.1f} dB")
         if metric in ("analytic_psnr_db", "opt_psnr_db") and m >= 15:

@@ -24,9 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from fedf_jax import protocol, worker
-from fedf_jax.backends import vmap as vmap_backend
-from fedf_jax.data import stack_workers
+from fedf_jax import keys, layout, protocol, worker
 from fedf_jax.models import MODELS, Model
 from fedf_jax.privacy import stats, views
 from fedf_jax.privacy.common import Options, Result, Row, row
@@ -127,7 +125,6 @@ def observe(arm: str, q: np.ndarray, ternary: np.ndarray, p_prev: np.ndarray,
     return np.asarray(protocol.ternary_direction(ternary, p_prev, p_prev2, epoch))
 
 
-_train_group = jax.jit(vmap_backend.train_group, static_argnums=(0, 1))
 _ternarize = jax.jit(jax.vmap(protocol.ternarize, in_axes=(0, None, None, 0, None, None)))
 
 
@@ -150,17 +147,12 @@ def simulate_workers(model: Model, p_prev: np.ndarray, p_prev2: np.ndarray, epoc
       (q: f32[K, M], ternary: i8[K, M]).
     """
     bounds = np.cumsum([0] + [len(y) for y in parts_y])
-    wd = stack_workers(np.concatenate(parts_x), np.concatenate(parts_y),
-                       [np.arange(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
-    plan = vmap_backend.make_plan(specs, wd.sizes, 1)
-    train_key = jax.random.fold_in(jax.random.key(seed), 3)
-    data = vmap_backend.make_data(plan, wd.x, wd.y, wd.sizes, specs,
-                                  np.full(len(specs), beta, np.float32), wd.x[0, :1],
-                                  wd.y[0, :1], train_key)
-    state = vmap_backend.init_state(plan, data, jnp.asarray(p_prev))
-    qs = [_train_group(model, g, jnp.asarray(p_prev), o, gd, train_key, jnp.int32(epoch))[0]
-          for g, gd, o in zip(plan.groups, data.groups, state.opt_states, strict=True)]
-    q = jnp.concatenate(qs)[np.argsort(plan.order)]
+    parts = [np.arange(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    x, y = np.concatenate(parts_x), np.concatenate(parts_y)
+    w = layout.build(specs, x, y, parts, betas=np.full(len(specs), beta), x_test=x[:1],
+                     y_test=y[:1], train_key=keys.stream(seed, keys.SHADOW))
+    opt_states = layout.init_opt_states(w.layout, w.data, jnp.asarray(p_prev))
+    q, _, _ = views.train_workers(model, w, opt_states, p_prev, epoch)
     lrs = jnp.asarray([s.lr for s in specs], jnp.float32)
     tern = _ternarize(q, jnp.asarray(p_prev), jnp.asarray(p_prev2), lrs, jnp.float32(beta),
                       jnp.int32(epoch))

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fedf_jax import keys
 from fedf_jax.privacy import defences, stats, views
 from fedf_jax.privacy.common import Options, Result, Row, row
 from fedf_jax.privacy.e2_class_leakage import (
@@ -96,9 +97,9 @@ def audit(fed: views.Federation, defence, trials: int, seed: int, delta: float
                                                                         defence.clip))
     w = ref[:trials].mean(axis=0) - ref[trials:].mean(axis=0)
     if defence is not None:
-        keys = jax.random.split(jax.random.fold_in(jax.random.key(seed), 9), 2 * trials)
+        trial_keys = jax.random.split(keys.stream(seed, keys.AUDIT), 2 * trials)
         q, _ = jax.vmap(defence.worker, in_axes=(0, 0, None, None))(
-            keys, jnp.asarray(q), jnp.asarray(fed.p0), jnp.float32(1.0))
+            trial_keys, jnp.asarray(q), jnp.asarray(fed.p0), jnp.float32(1.0))
         q = np.asarray(q)
     s = (q - fed.p0).astype(np.float64) @ w.astype(np.float64)
     out = defences.audited_epsilon(s[:trials], s[trials:], delta)

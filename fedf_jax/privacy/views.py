@@ -8,7 +8,7 @@ plus the ground truth the adversaries never see (the true local models), so an
 attack can be scored.
 
 Training and the FEDF equations are the project's own code: workers train with
-``backends.vmap.train_group`` (``worker.train_and_cost``, the simulator's keys), the
+``layout.train_cohort`` (``worker.train_and_cost``, the simulator's keys), the
 ternaries come from ``protocol.ternarize`` (Eq. 4/5), the pilot from
 ``master.select`` (Eq. 1) and P^t from ``master.update`` (Eq. 3 over the packed
 ternaries). For the same federation and seed, a ``"fedf+1"`` run is the vmap
@@ -36,13 +36,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedf_jax import codec, master, protocol, worker
-from fedf_jax.backends import vmap as vmap_backend
-from fedf_jax.baselines import fedavg
-from fedf_jax.data import load_dataset, partition, stack_workers
+from fedf_jax import codec, keys, layout, master, protocol, worker
+from fedf_jax.algorithms import fedavg
+from fedf_jax.data import load_dataset, partition
 from fedf_jax.models import Model, make_model
 from fedf_jax.privacy.common import Defence, Options
-from fedf_jax.simulation import root_keys
 
 BASE_ARMS = ("fedavg", "signfedavg", "fedf+1", "fedf-1")
 DEFENCE_PREFIXES = ("+dp", "+pilotnoise")
@@ -218,10 +216,9 @@ def make_federation(opts: Options, seed: int, *, victim_size: int = 0, local_epo
     specs = tuple(worker.WorkerSpec(lr=float(lr), batch_size=int(batch_size),
                                     local_epochs=int(local_epochs)) for lr in lrs)
     model = _model(opts.data, tuple(ds.x_train.shape[1:]), ds.num_classes, opts.hidden)
-    init_key, _ = root_keys(seed)
     return Federation(model, x_parts, y_parts, specs, ds.x_train[aux],
-                      ds.y_train[aux].astype(np.int32), ds.x_test,
-                      ds.y_test.astype(np.int32), np.asarray(model.init(init_key)))
+                      ds.y_train[aux].astype(np.int32), ds.x_test, ds.y_test.astype(np.int32),
+                      np.asarray(model.init(keys.stream(seed, keys.INIT))))
 
 
 def recipe_cells(opts: Options, n_local: Sequence[int], sweep_at: Sequence[int]
@@ -275,48 +272,42 @@ def _defence_value(suffix: str) -> float | None:
     return None
 
 
-_train_group = jax.jit(vmap_backend.train_group, static_argnums=(0, 1))
 _ternarize = jax.jit(jax.vmap(protocol.ternarize, in_axes=(0, None, None, 0, 0, None)))
 
 
-def _setup(fed: Federation, seed: int):
-    """The simulator's plan, data and first state for this federation."""
-    x = np.concatenate(fed.x_parts)
-    y = np.concatenate(fed.y_parts)
+def _setup(fed: Federation, seed: int) -> tuple[layout.Workers, tuple]:
+    """The simulator's workers and their first optimizer states, for this federation."""
+    x, y = np.concatenate(fed.x_parts), np.concatenate(fed.y_parts)
     bounds = np.cumsum([0] + [len(p) for p in fed.y_parts])
-    wd = stack_workers(x, y, [np.arange(a, b) for a, b in zip(bounds[:-1], bounds[1:],
-                                                               strict=True)])
-    betas = np.full(len(fed.specs), fed.beta, np.float32)
-    _, train_key = root_keys(seed)
-    plan = vmap_backend.make_plan(fed.specs, wd.sizes, len(fed.y_test))
-    data = vmap_backend.make_data(plan, wd.x, wd.y, wd.sizes, fed.specs, betas, fed.x_test,
-                                  fed.y_test, train_key)
-    state = vmap_backend.init_state(plan, data, jnp.asarray(fed.p0))
-    return plan, data, state
+    parts = [np.arange(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    w = layout.build(fed.specs, x, y, parts, betas=np.full(len(fed.specs), fed.beta),
+                     x_test=fed.x_test, y_test=fed.y_test,
+                     train_key=keys.stream(seed, keys.TRAIN))
+    return w, layout.init_opt_states(w.layout, w.data, jnp.asarray(fed.p0))
 
 
-def train_workers(fed: Federation, plan, data, opt_states, p_prev, epoch: int):
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _train(model: Model, lay: layout.Layout, p, opt_states, data: layout.Data, epoch):
+    outs = [layout.train_cohort(model, c, p, data.train_key, epoch, o, cd)
+            for c, cd, o in zip(lay.cohorts, data.cohorts, opt_states, strict=True)]
+    return (layout.to_workers(lay, [q for q, _, _ in outs]),
+            layout.to_workers(lay, [c for _, c, _ in outs]), tuple(o for _, _, o in outs))
+
+
+def train_workers(model: Model, w: layout.Workers, opt_states, p_prev, epoch: int):
     """Every worker's local training from P^{t-1} (the simulator's own step and keys).
 
     Returns:
       (q: f32[N, M], costs: f32[N], opt_states).
     """
-    qs, costs, states = [], [], []
-    for g, gd, o in zip(plan.groups, data.groups, opt_states, strict=True):
-        q, c, s = _train_group(fed.model, g, jnp.asarray(p_prev), o, gd, data.train_key,
-                               jnp.int32(epoch))
-        qs.append(q)
-        costs.append(c)
-        states.append(s)
-    order = np.argsort(plan.order)
-    return (np.asarray(jnp.concatenate(qs))[order], np.asarray(jnp.concatenate(costs))[order],
-            tuple(states))
+    q, costs, opt_states = _train(model, w.layout, jnp.asarray(p_prev), opt_states, w.data,
+                                  jnp.int32(epoch))
+    return np.asarray(q), np.asarray(costs), opt_states
 
 
 def _defence_keys(seed: int, epoch: int, n: int) -> tuple[jax.Array, jax.Array]:
     """(worker keys [N], pilot key) of a defence at one epoch, by fold_in."""
-    root = jax.random.fold_in(jax.random.key(seed), 2)  # 0: P^0, 1: training
-    at = jax.random.fold_in(root, epoch)
+    at = jax.random.fold_in(keys.stream(seed, keys.DEFENCE), epoch)
     return jax.vmap(lambda k: jax.random.fold_in(at, k))(jnp.arange(n)), jax.random.fold_in(
         at, n)
 
@@ -334,7 +325,7 @@ def run_arm(fed: Federation, arm: str, rounds: int, seed: int,
       fed: the federation.
       arm: one of ``BASE_ARMS`` with an optional defence suffix (see the module doc).
       rounds: global epochs.
-      seed: the training seed (keys as the simulator's ``root_keys(seed)``).
+      seed: the training seed (keys as the simulator's: ``keys.stream(seed, ...)``).
       defence: used instead of the arm's suffix when given.
       report: a lying worker's hook, ``report(epoch, p_prev, q_sent, costs, sizes) ->
         (q_sent, costs, sizes)`` on copies of f32[M] P^{t-1}, f32[N, M], f32[N], i64[N]:
@@ -352,18 +343,18 @@ def run_arm(fed: Federation, arm: str, rounds: int, seed: int,
         from fedf_jax.privacy import defences  # noqa: PLC0415 (built by the defences module)
 
         defence = defences.from_arm(arm, rounds, delta)
-    plan, data, state = _setup(fed, seed)
+    workers, opt_states = _setup(fed, seed)
     n = len(fed.specs)
     lrs = jnp.asarray([s.lr for s in fed.specs], jnp.float32)
     betas = jnp.full((n,), fed.beta, jnp.float32)
     cfg = master.MasterConfig(alpha0=fed.alpha0, beta=fed.beta,
                               direction=-1 if base == "fedf-1" else 1)
-    ms, opt_states = state.master, state.opt_states
+    ms = master.init(fed.p0, n)
     true_sizes = fed.sizes
     views = []
     for t in range(1, rounds + 1):
         p_prev, p_prev2 = np.asarray(ms.p_prev), np.asarray(ms.p_prev2)
-        q_true, costs, opt_states = train_workers(fed, plan, data, opt_states, p_prev, t)
+        q_true, costs, opt_states = train_workers(fed.model, workers, opt_states, p_prev, t)
         q_sent, rep_costs = q_true, costs
         worker_keys, pilot_key = _defence_keys(seed, t, n)
         if defence is not None:

@@ -37,11 +37,11 @@ def child_peak(kind: str, n_workers: int, epochs: int) -> dict:
 
     rss0 = common.rss_mib()
     if kind == "fedf":
-        from fedf_jax.backends import vmap as vb
+        from fedf_jax.algorithms import fedf
 
-        model, plan, cfg, data, p0, _ = round_time.setup(n_workers, 20)
-        state = vb.init_state(plan, data, p0)
-        step = vb.make_epoch_fn(model, plan, cfg)
+        model, lay, cfg, data, p0, _ = round_time.setup(n_workers, 20)
+        state = fedf.init(lay, data, p0)
+        step = round_time.epoch_fn(model, lay, cfg)
         rss_data = common.rss_mib()
         for _ in range(epochs):
             state, out = step(state, data)
@@ -70,11 +70,11 @@ def child_slope(n_workers: int, epochs: int, warmup: int) -> dict:
     import jax
     import round_time
 
-    from fedf_jax.backends import vmap as vb
+    from fedf_jax.algorithms import fedf
 
-    model, plan, cfg, data, p0, _ = round_time.setup(n_workers, 20)
-    state = vb.init_state(plan, data, p0)
-    step = vb.make_epoch_fn(model, plan, cfg)
+    model, lay, cfg, data, p0, _ = round_time.setup(n_workers, 20)
+    state = fedf.init(lay, data, p0)
+    step = round_time.epoch_fn(model, lay, cfg)
     state, out = step(state, data)
     jax.device_get(out)
     start = common.compile_count()

@@ -57,7 +57,7 @@ def backend_epoch(link: mpi.Link, t: int, p: np.ndarray, q: np.ndarray, packed: 
 class Bare:
     """The same messages as the backend's, as blocking buffer collectives of raw bytes."""
 
-    def __init__(self, comm: MPI.Comm, layout: mpi.Layout, m: int, scheme: str):
+    def __init__(self, comm: MPI.Comm, layout: mpi.RankLayout, m: int, scheme: str):
         self.comm, self.layout, self.m = comm, layout, m
         self.rank = comm.Get_rank()
         self.counts, self.starts = layout.counts.tolist(), layout.starts.tolist()
@@ -92,7 +92,7 @@ class Bare:
                      [self.recv, per_rank, displs, MPI.BYTE] if root else None, root=0)
 
 
-def pickle_epoch(comm: MPI.Comm, layout: mpi.Layout, t: int, p: np.ndarray, q: np.ndarray,
+def pickle_epoch(comm: MPI.Comm, layout: mpi.RankLayout, t: int, p: np.ndarray, q: np.ndarray,
                  packed: np.ndarray, costs: np.ndarray) -> None:
     n, rank = layout.n_workers, comm.Get_rank()
     pilot = t % n

@@ -6,8 +6,8 @@ without the library: vmapped local SGD over all clients, then the example-weight
 mean. Both run interleaved on the same data; the figure that matters is the ratio.
 Compile time (trace + XLA) is measured apart, and every XLA compilation is counted
 (jax.monitoring): the timed epochs must compile nothing. ``--scan`` also times K
-epochs in one ``make_scan_fn`` call against K epoch calls whose outputs are read
-back each epoch (as the run log does).
+epochs in one call of ``harness.scan`` (one ``lax.scan``) against K epoch calls whose
+outputs are read back each epoch (as the run log does).
 
     python sims/bench/round_time.py                    # 100, 1000, 10000 workers
     python sims/bench/round_time.py --workers 100 1000 --rounds 20 --json out.json
@@ -16,6 +16,7 @@ back each epoch (as the run log does).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import time
@@ -25,8 +26,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedf_jax import master, worker
-from fedf_jax.backends import vmap as vb
+from fedf_jax import harness, layout
+from fedf_jax.algorithms import fedf
+from fedf_jax.config import MasterConfig, WorkerSpec
 from fedf_jax.data import load_dataset, sample_workers
 from fedf_jax.models import make_model
 
@@ -63,27 +65,40 @@ timed = common.timed
 
 def setup(n_workers: int, samples: int, batch: int = 10, lr: float = 0.05,
           hidden: int | None = None):
-    """Model, plan, master config, data and P^0 of the benchmark's FEDF run
+    """Model, layout, master config, data and P^0 of the benchmark's FEDF run
     (``hidden``: the MLP's hidden width, default the model's 128)."""
     ds = load_dataset("digits")
     wd = sample_workers(ds.x_train, ds.y_train, n_workers, samples, seed=0)
     kw = {} if hidden is None else {"hidden": (hidden,)}
     model = make_model("mlp", ds.x_train.shape[1:], ds.num_classes, **kw)
-    specs = [worker.WorkerSpec(lr=lr, batch_size=batch, local_epochs=1)] * n_workers
-    cfg = master.MasterConfig()
-    plan = vb.make_plan(specs, wd.sizes, len(ds.y_test))
-    data = vb.make_data(plan, wd.x, wd.y, wd.sizes, specs, cfg.betas(n_workers),
-                        ds.x_test, ds.y_test, jax.random.key(1))
-    return model, plan, cfg, data, model.init(jax.random.key(0)), wd
+    specs = [WorkerSpec(lr=lr, batch_size=batch, local_epochs=1)] * n_workers
+    cfg = MasterConfig()
+    lay = layout.make_layout(specs, wd.sizes, len(ds.y_test))
+    data = layout.place(lay, wd, specs, cfg.betas(n_workers), ds.x_test, ds.y_test,
+                        jax.random.key(1))
+    return model, lay, cfg, data, model.init(jax.random.key(0)), wd
+
+
+def epoch_fn(model, lay: layout.Layout, cfg: MasterConfig,
+             placement: layout.Placement = layout.HERE):
+    """FEDF's epoch on ``placement``, jitted with the state donated."""
+    return jax.jit(functools.partial(fedf.epoch, model, lay, cfg, placement.spread),
+                   donate_argnums=0)
+
+
+def scan_fn(model, lay: layout.Layout, cfg: MasterConfig, k: int):
+    """K FEDF epochs in one ``lax.scan`` (one device), jitted with the state donated."""
+    step = functools.partial(fedf.epoch, model, lay, cfg, layout.HERE.spread)
+    return jax.jit(harness.scan(step, k), donate_argnums=0)
 
 
 def bench_scan(n_workers: int, samples: int, k: int, repeats: int = 3) -> dict:
-    """K epochs in one ``make_scan_fn`` call vs K ``make_epoch_fn`` calls, each of
-    whose outputs is read back to the host before the next (what a run log does)."""
-    model, plan, cfg, data, p0, _ = setup(n_workers, samples)
-    step = vb.make_epoch_fn(model, plan, cfg)
-    state = vb.init_state(plan, data, p0)
-    scan = vb.make_scan_fn(model, plan, cfg, k)
+    """K epochs in one ``scan_fn`` call vs K ``epoch_fn`` calls, each of whose
+    outputs is read back to the host before the next (what a run log does)."""
+    model, lay, cfg, data, p0, _ = setup(n_workers, samples)
+    step = epoch_fn(model, lay, cfg)
+    state = fedf.init(lay, data, p0)
+    scan = scan_fn(model, lay, cfg, k)
     common.warm_compiler()
     scan_compile, _ = common.compile_time(scan, state, data)
     (state, _), _ = timed(scan, state, data)
@@ -107,9 +122,9 @@ def bench_scan(n_workers: int, samples: int, k: int, repeats: int = 3) -> dict:
 
 def bench(n_workers: int, samples: int, rounds: int, batch: int = 10, lr: float = 0.05):
     # FEDF: the library's vmap backend.
-    model, plan, cfg, data, p0, wd = setup(n_workers, samples, batch, lr)
-    state = vb.init_state(plan, data, p0)
-    fedf = vb.make_epoch_fn(model, plan, cfg)
+    model, lay, cfg, data, p0, wd = setup(n_workers, samples, batch, lr)
+    state = fedf.init(lay, data, p0)
+    fedf_step = epoch_fn(model, lay, cfg)
 
     # FedAvg: written above, same data on the device.
     fx, fy = jnp.asarray(wd.x), jnp.asarray(wd.y)
@@ -118,15 +133,15 @@ def bench(n_workers: int, samples: int, rounds: int, batch: int = 10, lr: float 
     p = jnp.array(p0)
 
     common.warm_compiler()  # the first XLA compilation in a process pays one-time set-up
-    fedf_compile, fedf_compile_cpu = common.compile_time(fedf, state, data)
+    fedf_compile, fedf_compile_cpu = common.compile_time(fedf_step, state, data)
     avg_compile, avg_compile_cpu = common.compile_time(fedavg, p, fx, fy, fsizes,
                                                        jax.random.key(2))
-    (state, _), _ = timed(fedf, state, data)  # warm-up calls (cached executables)
+    (state, _), _ = timed(fedf_step, state, data)  # warm-up calls (cached executables)
     p, _ = timed(fedavg, p, fx, fy, fsizes, jax.random.key(2))
     compiles = common.compile_count()
     fedf_t, avg_t = [], []
     for r in range(rounds):  # interleaved, so both see the same machine load
-        (state, _), dt = timed(fedf, state, data)
+        (state, _), dt = timed(fedf_step, state, data)
         fedf_t.append(dt)
         p, dt = timed(fedavg, p, fx, fy, fsizes, jax.random.key(3 + r))
         avg_t.append(dt)
@@ -174,7 +189,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=0,
                         help="timed rounds per size (default: 30, 15, 7 by size)")
     parser.add_argument("--scan", type=int, default=10, metavar="K",
-                        help="also time K epochs per make_scan_fn call (0: no)")
+                        help="also time K epochs per scanned call (0: no)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     m = common.machine()

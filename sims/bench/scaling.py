@@ -25,27 +25,27 @@ import jax.numpy as jnp
 import numpy as np
 import round_time
 
-from fedf_jax.backends import vmap as vb
+from fedf_jax.algorithms import fedf
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def point(n_workers: int, hidden: int, reps: int) -> dict:
     """One (N, hidden width) point: FEDF and FedAvg epoch times, compiled memory."""
-    model, plan, cfg, data, p0, wd = round_time.setup(n_workers, 20, hidden=hidden)
-    state = vb.init_state(plan, data, p0)
-    fedf = vb.make_epoch_fn(model, plan, cfg)
-    mem = fedf.lower(state, data).compile().memory_analysis()
+    model, lay, cfg, data, p0, wd = round_time.setup(n_workers, 20, hidden=hidden)
+    state = fedf.init(lay, data, p0)
+    fedf_step = round_time.epoch_fn(model, lay, cfg)
+    mem = fedf_step.lower(state, data).compile().memory_analysis()
     fedf_bytes = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
     x, y = jnp.asarray(wd.x), jnp.asarray(wd.y)
     sizes = jnp.asarray(wd.sizes, jnp.float32)
     fedavg = round_time.bare_fedavg_round(model.apply, 2, 10, 0.05)
     p = jnp.array(p0)
-    (state, _), _ = common.timed(fedf, state, data)
+    (state, _), _ = common.timed(fedf_step, state, data)
     p, _ = common.timed(fedavg, p, x, y, sizes, jax.random.key(0))
     ft, at = [], []
     for r in range(reps):
-        (state, _), dt = common.timed(fedf, state, data)
+        (state, _), dt = common.timed(fedf_step, state, data)
         ft.append(dt)
         p, dt = common.timed(fedavg, p, x, y, sizes, jax.random.key(r + 1))
         at.append(dt)

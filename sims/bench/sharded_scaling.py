@@ -22,15 +22,17 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 import argparse  # noqa: E402
+import functools  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
 
-from fedf_jax import master, worker  # noqa: E402
+from fedf_jax import layout  # noqa: E402
+from fedf_jax.algorithms import fedf  # noqa: E402
 from fedf_jax.backends import sharded  # noqa: E402
-from fedf_jax.backends import vmap as vb  # noqa: E402
+from fedf_jax.config import MasterConfig, WorkerSpec  # noqa: E402
 from fedf_jax.data import load_dataset, sample_workers  # noqa: E402
 from fedf_jax.models import make_model  # noqa: E402
 
@@ -39,6 +41,15 @@ def per_device_bytes(compiled) -> int:
     m = compiled.memory_analysis()
     return (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
             - m.alias_size_in_bytes)
+
+
+def placed(model, wd, specs, cfg: MasterConfig, ds, p0, pl: layout.Placement):
+    """(jitted epoch, state, data) of FEDF with the workers placed by ``pl``."""
+    lay = layout.make_layout(specs, wd.sizes, len(ds.y_test), multiple=pl.multiple)
+    data = layout.place(lay, wd, specs, cfg.betas(len(specs)), ds.x_test, ds.y_test,
+                        jax.random.key(1), pl)
+    step = jax.jit(functools.partial(fedf.epoch, model, lay, cfg, pl.spread), donate_argnums=0)
+    return step, fedf.init(lay, data, p0, pl), data
 
 
 def time_epochs(step, state, data, rounds):
@@ -65,26 +76,19 @@ def main():
     wd = sample_workers(ds.x_train, ds.y_train, args.workers, args.samples, seed=0)
     model = make_model("mlp", ds.x_train.shape[1:], ds.num_classes)
     p0 = model.init(jax.random.key(0))
-    specs = [worker.WorkerSpec(lr=0.05, batch_size=10)] * args.workers
-    cfg = master.MasterConfig()
-    plan = vb.make_plan(specs, wd.sizes, len(ds.y_test))
-    data = vb.make_data(plan, wd.x, wd.y, wd.sizes, specs, cfg.betas(args.workers),
-                        ds.x_test, ds.y_test, jax.random.key(1))
+    specs = [WorkerSpec(lr=0.05, batch_size=10)] * args.workers
+    cfg = MasterConfig()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, "
           f"{len(jax.devices())} {jax.devices()[0].platform} devices; {args.workers} workers x "
           f"{args.samples} samples, M = {model.num_params}")
 
-    step = vb.make_epoch_fn(model, plan, cfg)
-    state = vb.init_state(plan, data, p0)
+    step, state, data = placed(model, wd, specs, cfg, ds, p0, layout.HERE)
     mem = per_device_bytes(step.lower(state, data).compile())
     base = time_epochs(step, state, data, args.rounds)
     print(f"{'backend':>12} {'devices':>7} {'epoch ms':>9} {'vs vmap':>7} {'MiB/device':>10}")
     print(f"{'vmap':>12} {1:>7} {1e3 * base:>9.1f} {1.0:>7.2f} {mem / 2**20:>10.1f}")
     for k in args.devices:
-        mesh = sharded.make_mesh(k)
-        sdata = sharded.shard_data(plan, data, mesh)
-        sstate = sharded.init_state(plan, sdata, p0, mesh)
-        sstep = sharded.make_epoch_fn(model, plan, cfg, mesh)
+        sstep, sstate, sdata = placed(model, wd, specs, cfg, ds, p0, sharded.placement(k))
         mem = per_device_bytes(sstep.lower(sstate, sdata).compile())
         t = time_epochs(sstep, sstate, sdata, args.rounds)
         print(f"{'sharded':>12} {k:>7} {1e3 * t:>9.1f} {t / base:>7.2f} {mem / 2**20:>10.1f}",

@@ -15,7 +15,6 @@ the test pass alone, the whole epoch, and the bare vmap FedAvg round of
 from __future__ import annotations
 
 import argparse
-import functools
 import statistics
 import time
 
@@ -23,44 +22,42 @@ import jax
 import jax.numpy as jnp
 import round_time
 
-from fedf_jax import worker
-from fedf_jax.backends import vmap as vb
+from fedf_jax import layout, worker
+from fedf_jax.algorithms import fedf
 
 
 def stage_fns(n_workers: int, samples: int):
-    """{name: (jitted fn, args)} for every stage; one optimizer group."""
-    model, plan, cfg, data, p0, wd = round_time.setup(n_workers, samples)
-    state = vb.init_state(plan, data, p0)
-    (g,), (gd,) = plan.groups, data.groups
-    ms = state.master
+    """{name: (jitted fn, args)} for every stage; one cohort."""
+    model, lay, cfg, data, p0, wd = round_time.setup(n_workers, samples)
+    state = fedf.init(lay, data, p0)
+    (c,) = lay.cohorts
 
     def train(state, data):
-        keys = jax.vmap(worker.worker_key, in_axes=(None, None, 0))(data.train_key, ms.epoch,
-                                                                  gd.ids)
-        fn = functools.partial(worker.local_train, model, g.kind, g.shapes)
-        return jax.vmap(fn, in_axes=(None, 0, 0, 0, 0, 0, 0))(
-            state.master.p_prev, state.opt_states[0], gd.x, gd.y, gd.sizes, gd.hp, keys)
+        ms = state.master
+        return layout.train_cohort(model, c, ms.p_prev, data.train_key, ms.epoch,
+                                   state.opt_states[0], data.cohorts[0], cost_pass=False)
 
     def train_cost(state, data):
-        return vb.train_group(model, g, state.master.p_prev, state.opt_states[0],
-                              data.groups[0], data.train_key, state.master.epoch)
+        ms = state.master
+        return layout.train_cohort(model, c, ms.p_prev, data.train_key, ms.epoch,
+                                   state.opt_states[0], data.cohorts[0])
 
     def worker_side(state, data):
-        return vb.group_step(model, g, cfg.scheme, state.master.p_prev, state.master.p_prev2,
-                             state.master.epoch, state.opt_states[0], data.groups[0],
-                             data.train_key)
+        ms = state.master
+        return fedf.cohort_side(model, c, cfg.scheme, ms.p_prev, ms.p_prev2, ms.epoch,
+                                data.train_key, state.opt_states[0], data.cohorts[0])
 
     outs = jax.jit(worker_side)(state, data)
 
     def master_side(state, data, outs):
-        return vb.master_phase(model, plan, cfg, state, data, [outs])
+        return fedf.master_side(model, lay, cfg, state, data, [outs])
 
     def test_pass(state, data):
         return worker.evaluate(model, state.master.p_prev, data.x_test, data.y_test,
-                               data.y_test.shape[0], plan.test_chunk)
+                               data.y_test.shape[0], lay.test_chunk)
 
     def whole(state, data):
-        return vb.epoch(model, plan, cfg, state, data)
+        return fedf.epoch(model, lay, cfg, layout.HERE.spread, state, data)
 
     fedavg = round_time.bare_fedavg_round(model.apply, samples // 10, 10, 0.05)
     fx, fy = jnp.asarray(wd.x), jnp.asarray(wd.y)

@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from grid import data_args, default_model, fail, run_grid  # noqa: E402
 
 from analysis import report  # noqa: E402
+from fedf_jax import config  # noqa: E402
 from fedf_jax.config import RunConfig  # noqa: E402
 
 BASELINES = ("fedavg", "phong", "terngrad")
@@ -34,14 +35,14 @@ def grid(data: str, data_dir: str | None, model: str, epochs: int, seeds: int,
     for seed in range(seeds):
         # Centralized: the union of the largest split's workers (the whole training set).
         runs.append((f"central/seed{seed}",
-                     RunConfig(**base, workers=max(workers), seed=seed, algorithm="central")))
+                     config.make(**base, workers=max(workers), seed=seed, algorithm="central")))
         for n in workers:
             for d in (1, -1):
                 runs.append((f"fedf_d{d:+d}/n{n}/seed{seed}",
-                             RunConfig(**base, workers=n, seed=seed, direction=d)))
+                             config.make(**base, workers=n, seed=seed, direction=d)))
             for alg in BASELINES if baselines else ():
                 runs.append((f"{alg}/n{n}/seed{seed}",
-                             RunConfig(**base, workers=n, seed=seed, algorithm=alg)))
+                             config.make(**base, workers=n, seed=seed, algorithm=alg)))
     return runs
 
 

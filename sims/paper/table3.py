@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from fedf_jax import codec
-from fedf_jax.baselines import model_exchange_bytes, terngrad
+from fedf_jax.algorithms import terngrad
+from fedf_jax.algorithms.common import model_exchange_bytes
 from fedf_jax.models import make_model
 
 N = 3

@@ -1,0 +1,37 @@
+"""The algorithms, as peers: FEDF and the baselines on the same harness.
+
+Each module has ``make(cfg, host, placement) -> harness.Algorithm``: its ``init``,
+``step`` (one epoch, pure and jittable), ``record`` and ``params``, over the data
+the module lays out and places once.
+
+- ``fedf``: the paper's protocol (Algorithms 1 and 2; Eq. 1, 3, 4, 5).
+- ``fedavg``: McMahan et al., example-weighted, all workers or a sampled fraction.
+- ``phong``: Phong and Phuong (weight transmission): the model visits the workers
+  in turn, 2NV bytes per epoch.
+- ``terngrad``: Wen et al.: synchronous SGD with stochastic ternary gradients.
+- ``central``: one worker holding the union of the workers' data.
+- ``admm_svm`` (``admm-svm``): a linear SVM by ADMM, data split by samples or features.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from fedf_jax.config import ALGORITHMS, RunConfig
+from fedf_jax.harness import Algorithm, Host
+from fedf_jax.layout import Placement
+
+NAMES = {"fedf": "FEDF", "fedavg": "FedAvg", "phong": "Phong et al.", "terngrad": "TernGrad",
+         "central": "Centralized training", "admm-svm": "ADMM linear SVM"}
+
+
+def make(cfg: RunConfig, host: Host, placement: Placement) -> Algorithm:
+    """The algorithm ``cfg.run.algorithm`` over the run's data, placed by the backend."""
+    name = cfg.run.algorithm
+    if name not in ALGORITHMS:
+        raise ValueError(f"`algorithm` (={name!r}) must be one of {ALGORITHMS}.")
+    module = importlib.import_module(f"fedf_jax.algorithms.{name.replace('-', '_')}")
+    return module.make(cfg, host, placement)
+
+
+__all__ = ["NAMES", "make"]

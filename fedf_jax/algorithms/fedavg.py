@@ -1,0 +1,119 @@
+"""FedAvg (McMahan et al. 2017) on the harness.
+
+Each round the master sends P^{t-1} to a sampled set of m = max(1, round(C N))
+workers (C = ``fraction``; all workers when C = 1), each trains locally with its
+private spec exactly as a FEDF worker does (same PRNG stream, same optimizer
+state kept across rounds), sends its whole model back, and the master averages
+the models weighted by example counts:
+
+    P^t = sum_{k in sampled} S_k Q_k / sum_{k in sampled} S_k.
+
+A worker whose model is not finite is dropped from the average (and logged);
+with none left P^t = P^{t-1}. There is no cost pass: FedAvg does not need one.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedf_jax import keys, layout, timing, worker
+from fedf_jax.algorithms.common import epoch_record, model_exchange_bytes
+from fedf_jax.config import RunConfig
+from fedf_jax.harness import Algorithm, Host
+from fedf_jax.layout import Placement
+
+LINK_ROUNDS = 2  # model down, model up
+
+
+class State(NamedTuple):
+    p: jax.Array  # f32[M] P^{t-1}
+    opt_states: tuple  # one stacked optimizer state per cohort
+    epoch: jax.Array  # i32[] t
+
+
+def sampled_count(n_workers: int, fraction: float) -> int:
+    """m = max(1, round(C N)) workers per round."""
+    return max(1, int(round(fraction * n_workers)))
+
+
+def sample(key: jax.Array, epoch: jax.Array, n_workers: int, m: int) -> jax.Array:
+    """bool[N]: the round's m workers, drawn without replacement from ``fold_in(key, t)``."""
+    if m >= n_workers:
+        return jnp.ones((n_workers,), bool)
+    pick = jax.random.choice(jax.random.fold_in(key, epoch), n_workers, (m,), replace=False)
+    return jnp.zeros((n_workers,), bool).at[pick].set(True)
+
+
+def local_models(model, lay: layout.Layout, spread, p, opt_states, data: layout.Data, epoch):
+    """Every worker trains from ``p`` (Algorithm 2's training, no cost pass).
+
+    Returns:
+      (q, opt_states): f32[N, M] in worker order, the new optimizer states per cohort.
+    """
+    outs = [spread(functools.partial(layout.train_cohort, model, c, cost_pass=False), 3)(
+                p, data.train_key, epoch, o, cd)
+            for c, cd, o in zip(lay.cohorts, data.cohorts, opt_states, strict=True)]
+    return layout.to_workers(lay, [q for q, _ in outs]), tuple(o for _, o in outs)
+
+
+def average(p: jax.Array, q: jax.Array, sizes: jax.Array, use: jax.Array) -> jax.Array:
+    """FedAvg's master step: ``sum_{k in use} S_k Q_k / sum_{k in use} S_k``, or ``p``
+    when no model is usable. f32[M]."""
+    w = jnp.where(use, jnp.asarray(sizes, jnp.float32), 0.0)
+    total = w.sum()
+    p_new = jnp.einsum("n,nm->m", w / jnp.maximum(total, 1e-30),
+                       jnp.where(use[:, None], q, 0.0))
+    return jnp.where(total > 0, p_new, p)
+
+
+def epoch(model, lay: layout.Layout, spread, m: int, sample_key: jax.Array, state: State,
+          data: layout.Data):
+    """One FedAvg round; pure and jittable."""
+    n = lay.n_workers
+    q, opt_states = local_models(model, lay, spread, state.p, state.opt_states, data,
+                                 state.epoch)
+    sampled = sample(sample_key, state.epoch, n, m)
+    finite = jnp.all(jnp.isfinite(q), axis=1)
+    p_new = average(state.p, q, data.sizes, sampled & finite)
+    loss, acc = worker.evaluate(model, p_new, data.x_test, data.y_test, data.y_test.shape[0],
+                                lay.test_chunk)
+    out = {"epoch": state.epoch, "costs": jnp.full((n,), jnp.nan), "sampled": sampled,
+           "finite": finite, "test_loss": loss, "test_accuracy": acc}
+    new_states = layout.keep_rows(lay, sampled, opt_states, state.opt_states)
+    return State(p_new, new_states, state.epoch + 1), out
+
+
+def make(cfg: RunConfig, host: Host, placement: Placement) -> Algorithm:
+    """FedAvg over the run's workers (``cfg.run.fraction`` of them per round)."""
+    n = cfg.n_workers
+    w = host.workers(placement)
+    m = sampled_count(n, cfg.run.fraction)
+    sample_key = keys.stream(cfg.run.seed, keys.SAMPLE)
+    work = timing.work_units(w.sizes, [sp.local_epochs for sp in cfg.specs], cost_pass=False)
+
+    def init() -> State:
+        return State(jnp.copy(host.p0), layout.init_opt_states(w.layout, w.data, host.p0),
+                     jnp.int32(1))
+
+    def record(out, wall_s):
+        sampled = np.asarray(out["sampled"])
+        counted = model_exchange_bytes(host.model.num_params, int(sampled.sum()),
+                                       int(sampled.sum()))
+        dropped = np.flatnonzero(sampled & ~np.asarray(out["finite"])).tolist()
+        modeled = timing.modeled_epoch_s(wall_s, work, counted.total, cfg.run.bandwidth,
+                                         cfg.run.latency, active=sampled, rounds=LINK_ROUNDS)
+        rec = epoch_record(out, counted, wall_s, modeled, dropped=dropped)
+        rec["sampled"] = np.flatnonzero(sampled).tolist()
+        return rec
+
+    step = functools.partial(epoch, host.model, w.layout, placement.spread, m, sample_key)
+    return Algorithm(init, step, w.data, record, lambda s: s.p, list(placement.devices),
+                     host.model.num_params)
+
+
+__all__ = ["State", "sampled_count", "sample", "local_models", "average", "epoch", "make"]

@@ -1,0 +1,299 @@
+"""The MPI link: one rank's end of the exchange, every wait under a deadline.
+
+Rank 0 is the master, ranks 1..K-1 hold the workers in contiguous blocks
+(:func:`split_workers`). :class:`Link` has one method per message of an epoch
+(DESIGN §5), all numpy buffers through upper-case mpi4py methods (nothing is
+pickled): model down (``Ibcast``), costs up (point to point, so a silent rank can
+be named), commands down (``Iscatterv``: each worker learns its own command only),
+frame lengths up, frames up (one ``Igatherv``), checkpoint acknowledgements, and
+JSON start-up messages. Every wait is a non-blocking call polled under a deadline;
+when it expires the waiting rank prints ``fedf: error: rank R sent nothing for S s
+at epoch T (<stage>); aborting`` and ends the job with ``MPI_Abort``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+from mpi4py import MPI
+
+DEFAULT_TIMEOUT = 300.0
+SETUP_TIMEOUT = 600.0  # start-up (data loading, compiling) waits at least this long
+ABORT_GRACE = 0.5  # seconds between the last line written and MPI_Abort
+_TAG_COST, _TAG_LENGTHS, _TAG_ACK, _TAG_SETUP = 11, 12, 13, 14
+
+
+class RankLayout(NamedTuple):
+    """The global worker ids each rank holds; rank 0 (the master) holds none."""
+
+    ids: tuple[tuple[int, ...], ...]
+
+    @property
+    def n_ranks(self) -> int:
+        return len(self.ids)
+
+    @property
+    def n_workers(self) -> int:
+        return sum(len(i) for i in self.ids)
+
+    @property
+    def counts(self) -> np.ndarray:
+        """i64[K] workers per rank."""
+        return np.array([len(i) for i in self.ids], np.int64)
+
+    @property
+    def starts(self) -> np.ndarray:
+        """i64[K] the first worker of each rank (blocks are contiguous)."""
+        return np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(np.int64)
+
+
+def split_workers(n_workers: int, n_ranks: int) -> RankLayout:
+    """N workers over ranks 1..K-1 in contiguous blocks, sizes differing by at most 1.
+
+    Raises:
+      ValueError: if K < 2 or N < K - 1.
+    """
+    if n_ranks < 2:
+        raise ValueError(f"`fedf train` needs at least 2 MPI ranks (the master and one "
+                         f"worker rank), got {n_ranks}; run it as `mpiexec -n K fedf train "
+                         "...` with K >= 2.")
+    if n_workers < n_ranks - 1:
+        raise ValueError(f"`workers` (={n_workers}) must be at least the number of worker "
+                         f"ranks (={n_ranks - 1}); every rank but the master holds a worker.")
+    blocks = np.array_split(np.arange(n_workers), n_ranks - 1)
+    return RankLayout(((),) + tuple(tuple(int(k) for k in b) for b in blocks))
+
+
+def _who(ranks: Sequence[int]) -> str:
+    return f"rank {ranks[0]}" if len(ranks) == 1 else "ranks " + ", ".join(map(str, ranks))
+
+
+def _abort(code: int) -> None:
+    """Ends the whole MPI job, after giving mpiexec time to forward what this rank wrote
+    (Abort kills every process at once: a line still on its way would be lost)."""
+    time.sleep(ABORT_GRACE)
+    MPI.COMM_WORLD.Abort(code)
+
+
+def fatal(message: str, code: int) -> None:
+    """Prints one line to stderr and ends the whole MPI job."""
+    sys.stderr.write(message.rstrip("\n") + "\n")
+    sys.stderr.flush()
+    _abort(code)
+
+
+class Link:
+    """One rank's end of the exchange: a method per message, every wait under a
+    deadline, and the bytes each epoch's messages move (``moved``)."""
+
+    def __init__(self, comm: MPI.Comm, layout: RankLayout, timeout: float = DEFAULT_TIMEOUT):
+        if not timeout > 0:
+            raise ValueError(f"`timeout` (={timeout}) must be a positive number of seconds.")
+        self.comm, self.layout, self.timeout = comm, layout, float(timeout)
+        self.rank = comm.Get_rank()
+        self.epoch = 0  # the epoch the messages belong to (0: start-up)
+        self.moved: dict[str, int] = {}
+        self._recv = np.empty(0, np.uint8)
+        n = layout.counts[self.rank]
+        self._cmds = np.empty(n, np.uint8)
+        self._empty = np.empty(0, np.uint8)
+
+    # -- waiting
+
+    def wait(self, reqs: list[MPI.Request], peers: Sequence[int | None], stage: str,
+             timeout: float | None = None) -> None:
+        """Polls ``reqs`` until all complete; after ``timeout`` s aborts the job naming
+        the ranks (``peers[i]``: the rank request i waits on; None: a collective)
+        that sent nothing."""
+        limit = self.timeout if timeout is None else timeout
+        done = [False] * len(reqs)
+        start = time.monotonic()
+        while True:
+            for i in MPI.Request.Testsome(reqs) or ():
+                done[i] = True
+            if all(done):
+                return
+            waited = time.monotonic() - start
+            if waited > limit:
+                self._silent([p for p, d in zip(peers, done, strict=True) if not d], stage,
+                             limit)
+            # Yield the core for the first 2 ms (a short exchange completes at once,
+            # and an oversubscribed host runs the peer meanwhile), then sleep up to
+            # 1 ms between polls (a long wait, e.g. for training, costs no CPU).
+            time.sleep(0 if waited < 2e-3 else min(1e-3, waited / 8))
+
+    def _silent(self, pending: Sequence[int | None], stage: str, limit: float) -> None:
+        ranks = sorted({p for p in pending if p is not None})
+        who = _who(ranks) if ranks else "a worker rank"
+        seen = "" if self.rank == 0 else f" (noticed by rank {self.rank})"
+        fatal(f"fedf: error: {who} sent nothing for {limit:g} s at epoch {self.epoch} "
+               f"({stage}); aborting{seen}", 2)
+
+    def _rank_slice(self, r: int) -> slice:
+        a = int(self.layout.starts[r])
+        return slice(a, a + int(self.layout.counts[r]))
+
+    def _workers_ranks(self) -> range:
+        return range(1, self.layout.n_ranks)
+
+    # -- the master's side
+
+    def model_down_costs_up(self, p: np.ndarray) -> np.ndarray:
+        """Messages 1 and 3 at the master: ``Ibcast`` P^{t-1}, then every worker's
+        cost; the deadline covers the workers' local training.
+
+        Args:
+          p: f32[M] P^{t-1}, C-contiguous.
+
+        Returns:
+          f64[N] C^t in worker order.
+        """
+        costs = np.empty(self.layout.n_workers, np.float64)
+        reqs, peers = [self.comm.Ibcast([p, MPI.FLOAT], root=0)], [None]
+        for r in self._workers_ranks():
+            reqs.append(self.comm.Irecv([costs[self._rank_slice(r)], MPI.DOUBLE], source=r,
+                                        tag=_TAG_COST))
+            peers.append(r)
+        self.wait(reqs, peers, "training and costs")
+        self.moved = {"model_down": (self.layout.n_ranks - 1) * p.nbytes,
+                      "costs": costs.nbytes}
+        return costs
+
+    def commands_down_lengths_up(self, cmds: np.ndarray) -> np.ndarray:
+        """Messages 5 and 6 at the master: one command byte per worker (``Iscatterv``),
+        then every worker's frame length.
+
+        Args:
+          cmds: u8[N] SEND_MODEL, SEND_TERNARY or SEND_NOTHING per worker.
+
+        Returns:
+          i64[N] the byte length of each worker's frame (0: no frame).
+        """
+        cmds = np.ascontiguousarray(cmds, np.uint8)
+        lengths = np.empty(self.layout.n_workers, np.int64)
+        counts, starts = self.layout.counts.tolist(), self.layout.starts.tolist()
+        reqs = [self.comm.Iscatterv([cmds, counts, starts, MPI.BYTE],
+                                    [self._empty, MPI.BYTE], root=0)]
+        peers: list[int | None] = [None]
+        for r in self._workers_ranks():
+            reqs.append(self.comm.Irecv([lengths[self._rank_slice(r)], MPI.INT64_T],
+                                        source=r, tag=_TAG_LENGTHS))
+            peers.append(r)
+        self.wait(reqs, peers, "commands and frame lengths")
+        self.moved.update(commands=cmds.nbytes, frame_lengths=lengths.nbytes)
+        return lengths
+
+    def frames_up(self, lengths: np.ndarray) -> np.ndarray:
+        """Message 7 at the master: the one ``Igatherv`` of every worker's frame.
+
+        Returns:
+          u8[sum(lengths)] the frames back to back in worker order (a view of a
+          buffer reused next epoch).
+        """
+        per_rank = [int(lengths[self._rank_slice(r)].sum()) for r in range(self.layout.n_ranks)]
+        total = sum(per_rank)
+        if self._recv.size < total:
+            self._recv = np.empty(total, np.uint8)
+        recv = self._recv[:total]
+        displs = np.concatenate([[0], np.cumsum(per_rank)[:-1]]).astype(np.int64).tolist()
+        req = self.comm.Igatherv([self._empty, MPI.BYTE], [recv, per_rank, displs, MPI.BYTE],
+                                 root=0)
+        self.wait([req], [None], "frames")
+        self.moved["frames"] = total
+        return recv
+
+    def checkpoint_acks(self) -> None:
+        """Waits for every worker rank to confirm its checkpoint file of this epoch."""
+        acks = np.empty(self.layout.n_ranks, np.int64)
+        reqs, peers = [], []
+        for r in self._workers_ranks():
+            reqs.append(self.comm.Irecv([acks[r:r + 1], MPI.INT64_T], source=r, tag=_TAG_ACK))
+            peers.append(r)
+        self.wait(reqs, peers, "checkpoint")
+        bad = [r for r in self._workers_ranks() if acks[r] != self.epoch]
+        if bad:
+            raise RuntimeError(f"{_who(bad)} acknowledged a checkpoint of another epoch "
+                               f"({acks[bad].tolist()}, expected {self.epoch}).")
+
+    # -- a worker rank's side
+
+    def recv_model(self, out: np.ndarray) -> None:
+        """Message 1 at a worker rank: P^{t-1} into ``out`` (f32[M])."""
+        self.wait([self.comm.Ibcast([out, MPI.FLOAT], root=0)], [0], "model broadcast")
+
+    def send_costs(self, costs: np.ndarray) -> None:
+        """Message 3: this rank's workers' costs, f64[n_r]."""
+        self.comm.Send([np.ascontiguousarray(costs, np.float64), MPI.DOUBLE], dest=0,
+                       tag=_TAG_COST)
+
+    def recv_commands(self) -> np.ndarray:
+        """Message 5: this rank's workers' commands, u8[n_r]."""
+        req = self.comm.Iscatterv(None, [self._cmds, MPI.BYTE], root=0)
+        self.wait([req], [0], "commands")
+        return self._cmds.copy()
+
+    def send_frames(self, buf: np.ndarray, lengths: np.ndarray) -> None:
+        """Messages 6 and 7: the frames' lengths, then the frames (``Igatherv``)."""
+        self.comm.Send([np.ascontiguousarray(lengths, np.int64), MPI.INT64_T], dest=0,
+                       tag=_TAG_LENGTHS)
+        self.wait([self.comm.Igatherv([buf, MPI.BYTE], None, root=0)], [0], "frames")
+
+    def send_ack(self) -> None:
+        """Confirms this rank's checkpoint file of this epoch."""
+        self.comm.Send([np.array([self.epoch], np.int64), MPI.INT64_T], dest=0, tag=_TAG_ACK)
+
+    # -- start-up messages (JSON text, never pickles)
+
+    def gather_json(self, obj: Any | None) -> list[Any] | None:
+        """Every worker rank's JSON object at the master (None elsewhere)."""
+        limit = max(self.timeout, SETUP_TIMEOUT)
+        if self.rank != 0:
+            data = np.frombuffer(json.dumps(obj).encode(), np.uint8)
+            self.comm.Send([np.array([data.size], np.int64), MPI.INT64_T], dest=0,
+                           tag=_TAG_SETUP)
+            self.comm.Send([data, MPI.BYTE], dest=0, tag=_TAG_SETUP)
+            return None
+        ranks = list(self._workers_ranks())
+        sizes = np.zeros(self.layout.n_ranks, np.int64)
+        self.wait([self.comm.Irecv([sizes[r:r + 1], MPI.INT64_T], source=r, tag=_TAG_SETUP)
+                   for r in ranks], ranks, "start-up", limit)
+        bufs = {r: np.empty(int(sizes[r]), np.uint8) for r in ranks}
+        self.wait([self.comm.Irecv([bufs[r], MPI.BYTE], source=r, tag=_TAG_SETUP)
+                   for r in ranks], ranks, "start-up", limit)
+        return [json.loads(bufs[r].tobytes()) for r in ranks]
+
+    def bcast_json(self, obj: Any | None) -> Any:
+        """The master's JSON object at every rank."""
+        limit = max(self.timeout, SETUP_TIMEOUT)
+        peers = [None if self.rank == 0 else 0]
+        data = np.frombuffer(json.dumps(obj).encode(), np.uint8) if self.rank == 0 else None
+        size = np.array([0 if data is None else data.size], np.int64)
+        self.wait([self.comm.Ibcast([size, MPI.INT64_T], root=0)], peers, "start-up", limit)
+        if data is None:
+            data = np.empty(int(size[0]), np.uint8)
+        self.wait([self.comm.Ibcast([data, MPI.BYTE], root=0)], peers, "start-up", limit)
+        return json.loads(data.tobytes())
+
+
+def install_excepthook() -> None:
+    """Makes an uncaught exception on any rank end the whole job (as ``python -m
+    mpi4py`` does): print the rank and the error, then ``Abort(1)``."""
+    rank = MPI.COMM_WORLD.Get_rank()
+
+    def hook(kind, value, tb):
+        sys.stderr.write(f"fedf: error: rank {rank}: uncaught {kind.__name__}: {value}\n")
+        traceback.print_exception(kind, value, tb, file=sys.stderr)
+        sys.stderr.flush()
+        _abort(130 if issubclass(kind, KeyboardInterrupt) else 1)
+
+    sys.excepthook = hook
+
+
+__all__ = ["DEFAULT_TIMEOUT", "SETUP_TIMEOUT", "RankLayout", "split_workers", "Link", "fatal",
+           "install_excepthook"]
