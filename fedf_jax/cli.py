@@ -60,7 +60,8 @@ _GROUPS = (("federation", ("run", "master", "workers"),
              "scheme", "seed", "groups", "group_epochs")),
            ("ADMM linear SVM (--algorithm admm-svm)", ("master",), ("svm_c", "rho", "tol")),
            ("model and data", ("model", "data"), None),
-           ("run", ("run",), ("bandwidth", "latency", "backend", "devices", "scan_epochs")))
+           ("run", ("run",), ("bandwidth", "latency", "group_bandwidth", "group_latency",
+                              "backend", "devices", "scan_epochs")))
 _FILE_ONLY = ("worker_specs", "default_worker", "group_workers")
 
 
@@ -390,8 +391,11 @@ def train(args: argparse.Namespace, faults=()) -> int:
         return 2
 
     def setup(h):
-        say(f"FEDF over MPI on {cfg.data.name}: {cfg.n_workers} workers on {h['ranks'] - 1} "
-            f"worker ranks (+ master rank 0), {cfg.model.name.upper()} with "
+        where = (f"{cfg.run.groups} groups of ranks {h['group_ranks']} (group master first) "
+                 "under the top master rank 0" if "group_ranks" in h else
+                 f"{h['ranks'] - 1} worker ranks (+ master rank 0)")
+        say(f"FEDF over MPI on {cfg.data.name}: {cfg.n_workers} workers on {where}, "
+            f"{cfg.model.name.upper()} with "
             f"{h['num_params']:,} parameters, {cfg.run.epochs} epochs, "
             f"d = {cfg.master.direction:+d}, {cfg.master.scheme} ternaries"
             + (f"; resuming at epoch {h['first_epoch']}" if h["first_epoch"] > 1 else ""))

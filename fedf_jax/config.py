@@ -250,10 +250,14 @@ class RunSettings:
                                metavar="K", number=_COUNT)
     group_workers: tuple[tuple[int, ...], ...] | None = _field(
         None, "each group's workers (config files only; default contiguous blocks)")
-    bandwidth: float = _field(125e6, "master link in bytes/s for the timing model",
-                              number=_POSITIVE)
+    bandwidth: float = _field(125e6, "master link in bytes/s for the timing model (with "
+                              "--groups: the top master's wide-area link)", number=_POSITIVE)
     latency: float = _field(1e-3, "seconds per message round in the timing model",
                             number=_POSITIVE)
+    group_bandwidth: float = _field(1.25e9, "with --groups: a group master's local link in "
+                                    "bytes/s for the timing model", number=_POSITIVE)
+    group_latency: float = _field(1e-4, "with --groups: seconds per message round on a "
+                                  "group's local link", number=_POSITIVE)
 
     def __post_init__(self):
         _check_fields(self)
@@ -299,6 +303,9 @@ class RunConfig:
             raise ValueError(f"`backend` (={run.backend!r}) applies to `algorithm='fedf'`; "
                              f"the {run.algorithm} baseline runs on the vmap backend.")
         self.group_workers()  # checks --groups against the workers
+        if run.groups > 1 and run.fraction < 1:
+            raise ValueError(f"`fraction` (={run.fraction}) applies to one level; with "
+                             f"`groups` (={run.groups}) every worker takes part.")
         if data.split == "features" and (run.algorithm != "admm-svm" or run.groups > 1):
             raise ValueError("`split='features'` applies to `algorithm='admm-svm'` with one "
                              f"level (got algorithm {run.algorithm!r}, groups {run.groups}).")

@@ -210,6 +210,93 @@ def build(specs: Sequence[WorkerSpec], x: np.ndarray, y: np.ndarray,
     return Workers(layout, data, np.asarray(wd.sizes, np.int64))
 
 
+class Groups(NamedTuple):
+    """Workers in G groups, laid out alike so that one program runs every group (vmap).
+
+    Attributes:
+      layout: a group's static layout, the same for every group. Its positions are the
+        cohorts' rows end to end, each cohort padded to its largest count over the
+        groups; a padding position is an empty worker (no samples, NaN cost).
+      data: one group's :class:`Data` with a leading G axis on ``cohorts``, ``sizes`` and
+        ``betas``; the test set and the key are shared (:data:`GROUP_AXES`).
+      where: i64[G, R] the global worker at each group position (-1: padding).
+      sizes: i64[N] S_k (host).
+    """
+
+    layout: Layout
+    data: Data
+    where: np.ndarray
+    sizes: np.ndarray
+
+
+GROUP_AXES = Data(0, 0, 0, None, None, None)  # vmap axes of Groups.data
+
+
+def one_group(data: Data, i) -> Data:
+    """Group ``i``'s :class:`Data` out of :attr:`Groups.data` (shared fields as they are)."""
+    return data._replace(cohorts=jax.tree.map(lambda a: a[i], data.cohorts),
+                         sizes=data.sizes[i], betas=data.betas[i])
+
+
+def build_groups(specs: Sequence[WorkerSpec], x: np.ndarray, y: np.ndarray,
+                 parts: Sequence[np.ndarray], groups: Sequence[Sequence[int]], *, betas,
+                 x_test, y_test, train_key: jax.Array, augment: bool = False) -> Groups:
+    """The setup chain for the hierarchy: each group's workers laid out alike and placed
+    on the device once, stacked along a leading group axis.
+
+    One group holding every worker in order keeps the flat layout (worker order within
+    cohorts), so that ``--groups 1`` runs the flat program.
+    """
+    n = len(specs)
+    sizes = np.array([len(p) for p in parts], np.int64)
+    betas = np.asarray(betas, np.float32)
+    flat = make_layout(specs, sizes, len(y_test), augment=augment)
+    host = Placement(put_rows=np.asarray, put=lambda a: a)  # stacked, then put once
+    if len(groups) == 1 and list(groups[0]) == list(range(n)):
+        data = place(flat, stack_workers(x, y, parts), specs, betas, x_test, y_test,
+                     train_key, host)
+        per, where, lay = [data], np.arange(n)[None], flat
+    else:
+        kinds = [c.kind for c in flat.cohorts]
+        width = [max(sum(specs[k].optimizer == kind for k in g) for g in groups)
+                 for kind in kinds]
+        starts = np.concatenate([[0], np.cumsum(width)])
+        where = np.full((len(groups), int(starts[-1])), -1, np.int64)
+        per = []
+        for gi, g in enumerate(groups):
+            for c, kind in enumerate(kinds):
+                members = [k for k in g if specs[k].optimizer == kind]
+                where[gi, starts[c]:starts[c] + len(members)] = members
+            real = where[gi] >= 0
+            ids = np.where(real, where[gi], n + gi * where.shape[1] + np.arange(where.shape[1]))
+            kind_of = np.repeat(kinds, width)
+            g_specs = [specs[k] if k >= 0 else WorkerSpec(lr=1.0, batch_size=1,
+                                                          optimizer=kind_of[p])
+                       for p, k in enumerate(where[gi])]
+            g_parts = [parts[k] if k >= 0 else np.zeros(0, np.int64) for k in where[gi]]
+            lay = Layout(tuple(Cohort(kind, tuple(range(starts[c], starts[c + 1])),
+                                      tuple(int(i) for i in ids[starts[c]:starts[c + 1]]),
+                                      flat.cohorts[c].shapes, width[c])
+                               for c, kind in enumerate(kinds)),
+                         int(starts[-1]), flat.test_chunk)
+            per.append(place(lay, stack_workers(x, y, g_parts), g_specs,
+                             np.where(real, betas[np.maximum(where[gi], 0)], 0.5),
+                             x_test, y_test, train_key, host))
+    cohorts = []
+    for c in range(len(lay.cohorts)):  # pad every group's samples to the longest, stack
+        s_max = max(d.cohorts[c].x.shape[1] for d in per)
+        padded = [d.cohorts[c]._replace(
+            x=np.pad(d.cohorts[c].x, [(0, 0), (0, s_max - d.cohorts[c].x.shape[1])]
+                     + [(0, 0)] * (d.cohorts[c].x.ndim - 2)),
+            y=np.pad(d.cohorts[c].y, [(0, 0), (0, s_max - d.cohorts[c].y.shape[1])]
+                     + [(0, 0)] * (d.cohorts[c].y.ndim - 2))) for d in per]
+        cohorts.append(jax.tree.map(lambda *a: jnp.asarray(np.stack(a)), *padded))
+    data = Data(tuple(cohorts), jnp.asarray(np.stack([d.sizes for d in per])),
+                jnp.asarray(np.stack([d.betas for d in per])), jnp.asarray(per[0].x_test),
+                jnp.asarray(per[0].y_test), train_key)
+    return Groups(lay, data, where, sizes)
+
+
 def init_opt_states(layout: Layout, data: Data, p0: jax.Array) -> tuple:
     """A fresh optimizer state for every row of every cohort (stacked per cohort)."""
     return tuple(
@@ -279,5 +366,6 @@ def keep_rows(layout: Layout, active: jax.Array, new: tuple, old: tuple) -> tupl
 
 
 __all__ = ["EVAL_CHUNK", "Placement", "HERE", "Cohort", "Layout", "CohortData", "Data",
-           "Workers", "make_layout", "place", "build", "init_opt_states", "cohort_keys",
-           "train_cohort", "to_workers", "row_of", "keep_rows"]
+           "Workers", "Groups", "GROUP_AXES", "one_group", "make_layout", "place", "build",
+           "build_groups", "init_opt_states", "cohort_keys", "train_cohort", "to_workers",
+           "row_of", "keep_rows"]

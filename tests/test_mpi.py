@@ -14,9 +14,7 @@ import argparse
 import functools
 import json
 import math
-import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +22,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from mpi_jobs import MPIEXEC, config_of, env, needs_mpiexec, ok, strip, train
 
 mpi4py = pytest.importorskip("mpi4py")
 mpi4py.rc.initialize = False  # the in-process tests need no MPI; the jobs use mpiexec
@@ -39,15 +38,12 @@ from fedf_jax import (  # noqa: E402
     simulation,
     worker,  # noqa: E402
 )
-from fedf_jax import train as train_lib  # noqa: E402
+from fedf_jax import ranks as ranks_lib  # noqa: E402
 from fedf_jax.algorithms import fedf  # noqa: E402
 from fedf_jax.backends import mpi, sharded  # noqa: E402
 from fedf_jax.backends.mpi import faults, frames, resume  # noqa: E402
 from fedf_jax.models import make_model  # noqa: E402
 
-FAULTS = Path(__file__).with_name("mpi_faults.py")
-
-VOLATILE = ("wall_s", "modeled_s")
 BYTE_FIELDS = ("bytes_down", "bytes_up_model", "bytes_up_ternary", "bytes_other",
                "bytes_header", "bytes_total")
 FLAGS_A = ["--workers", "4", "--epochs", "4", "--seed", "3"]  # 2 workers per rank at K=3
@@ -73,48 +69,6 @@ local_epochs = 2
 lr = 0.2
 """
 
-
-def _mpiexec() -> str | None:
-    here = Path(sys.executable).parent / "mpiexec"
-    return str(here) if here.exists() else shutil.which("mpiexec")
-
-
-MPIEXEC = _mpiexec()
-needs_mpiexec = pytest.mark.skipif(
-    MPIEXEC is None, reason="no mpiexec next to the Python executable or on PATH "
-    "(pip install mpich, or a system MPI)")
-
-
-def _env(devices: int | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env["JAX_PLATFORMS"] = "cpu"
-    if devices:
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    return env
-
-
-def _train(out: Path, *flags: str, ranks: int = 3, fault: str | None = None,
-           timeout: float = 240, devices: int | None = None) -> subprocess.CompletedProcess:
-    """``fedf train`` under mpiexec (with ``fault`` injected by tests/mpi_faults.py); a
-    job that neither finishes nor aborts within ``timeout`` fails the test."""
-    entry = ["-m", "fedf_jax.cli", "train"] if fault is None else [str(FAULTS), fault]
-    cmd = [MPIEXEC, "-n", str(ranks), sys.executable, "-m", "mpi4py", *entry,
-           "--quiet", "--out", str(out), "--force", *flags]
-    return subprocess.run(cmd, env=_env(devices), capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def _ok(proc: subprocess.CompletedProcess) -> None:
-    assert proc.returncode == 0, f"rc {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-
-
-def _config(*flags: str):
-    args = cli.build_parser().parse_args(["simulate", *flags])
-    return cli.make_config(args)
-
-
-def _strip(records):
-    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in records]
 
 
 # --------------------------------------------------------------------------- in-process
@@ -233,7 +187,7 @@ def test_train_takes_every_simulate_flag_and_no_test_hook(capsys):
 
 def test_train_without_mpiexec_fails_with_one_clear_line():
     proc = subprocess.run([sys.executable, "-m", "fedf_jax.cli", "train", "--epochs", "1"],
-                          env=_env(), capture_output=True, text=True, timeout=120)
+                          env=env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "at least 2 MPI ranks" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -290,7 +244,7 @@ def test_eq3_replay_is_bit_identical_across_vmap_sharded_and_mpi(scheme):
     up = frames.decode_frames(np.concatenate([u[0] for u in ups]),
                               np.concatenate([u[1] for u in ups]), pilot, 2, model.num_params,
                               scheme, np.zeros_like(packed))
-    finish = jax.jit(functools.partial(train_lib._finish_fn, model, cfg, len(y_test)))
+    finish = jax.jit(functools.partial(ranks_lib._finish_fn, model, cfg, len(y_test)))
     new, loss, _, _ = finish(ms, sel, costs, up.q_pilot, up.packed, up.ok, np.bool_(True),
                              sizes.astype(np.float32), betas, x_test, y_test)
     mpi_run = (np.asarray(new.p_prev), float(loss), pilot)
@@ -336,8 +290,8 @@ def run_a(tmp_path_factory):
     if MPIEXEC is None:
         pytest.skip("no mpiexec")
     out = tmp_path_factory.mktemp("mpi_a")
-    _ok(_train(out, *FLAGS_A))
-    sim = simulation.run(_config(*FLAGS_A))
+    ok(train(out, *FLAGS_A))
+    sim = simulation.run(config_of(*FLAGS_A))
     header, epochs = runlog.read(out / "run.jsonl")
     return {"out": out, "header": header, "epochs": epochs, "sim": sim,
             "final": np.load(out / "final_model.npy")}
@@ -354,11 +308,11 @@ def test_mpi_run_makes_the_simulators_choices_with_two_workers_per_rank(run_a):
 def test_one_mpi_epoch_equals_the_simulators_to_float32(tmp_path, backend):
     flags = [*FLAGS_A, "--epochs", "1"]
     extra = ["--backend", "sharded", "--devices", "2"] if backend == "sharded" else []
-    _ok(_train(tmp_path, *flags, *extra, devices=2 if extra else None))
+    ok(train(tmp_path, *flags, *extra, devices=2 if extra else None))
     if extra:  # each worker rank spreads its 2 workers over its 2 (forced CPU) devices
         header, _ = runlog.read(tmp_path / "run.jsonl")
         assert all(len(d["devices"]) == 2 for d in header["rank_devices"][1:])
-    _agree_one_epoch(tmp_path, simulation.run(_config(*flags)))
+    _agree_one_epoch(tmp_path, simulation.run(config_of(*flags)))
 
 
 @needs_mpiexec
@@ -380,10 +334,10 @@ def test_counted_payload_is_eq8_and_mpi_bytes_are_the_bytes_moved(run_a):
 def test_mpi_run_matches_the_simulator_with_heterogeneous_workers_and_base3(tmp_path, run_a):
     conf = tmp_path / "hetero.toml"
     conf.write_text(HETERO_TOML.replace("epochs = 3", "epochs = 1"))
-    _ok(_train(tmp_path / "run", "--config", str(conf), ranks=4))
+    ok(train(tmp_path / "run", "--config", str(conf), ranks=4))
     header, epochs = runlog.read(tmp_path / "run" / "run.jsonl")
     assert header["worker_ranks"] == [[], [0, 1], [2], [3]]
-    _agree_one_epoch(tmp_path / "run", simulation.run(_config("--config", str(conf))))
+    _agree_one_epoch(tmp_path / "run", simulation.run(config_of("--config", str(conf))))
     m, n = header["num_params"], 4
     base3 = epochs[0]["bytes_up_ternary"]
     assert base3 == (n - 1) * math.ceil(m / 5)
@@ -397,7 +351,7 @@ def crashed(tmp_path_factory):
     if MPIEXEC is None:
         pytest.skip("no mpiexec")
     out = tmp_path_factory.mktemp("mpi_crash")
-    return {"out": out, "proc": _train(out, *FLAGS_A, "--checkpoint-every", "2",
+    return {"out": out, "proc": train(out, *FLAGS_A, "--checkpoint-every", "2",
                                        fault="raise:2:3")}
 
 
@@ -413,21 +367,21 @@ def test_a_raising_rank_ends_the_job_and_is_named(crashed):
 def test_resume_after_a_crash_gives_the_identical_model_and_log(crashed, run_a):
     out = crashed["out"]
     assert json.loads((out / "checkpoint" / "latest.json").read_text())["epoch"] == 2
-    _ok(_train(out, *FLAGS_A, "--checkpoint-every", "2", "--resume"))
+    ok(train(out, *FLAGS_A, "--checkpoint-every", "2", "--resume"))
     np.testing.assert_array_equal(np.load(out / "final_model.npy"), run_a["final"])
     header, epochs = runlog.read(out / "run.jsonl")
     assert header["config"] == run_a["header"]["config"]
-    assert _strip(epochs) == _strip(run_a["epochs"])
+    assert strip(epochs) == strip(run_a["epochs"])
     # A different run cannot resume this one; the error names the differing keys.
     with pytest.raises(ValueError, match="differs from the checkpoint's in: default_worker"):
-        resume.resume_point(_config(*FLAGS_A, "--lr", "0.1"), out, 3)
+        resume.resume_point(config_of(*FLAGS_A, "--lr", "0.1"), out, 3)
     with pytest.raises(ValueError, match=r"MPI ranks \(3 in the checkpoint, 4 now\)"):
-        resume.resume_point(_config(*FLAGS_A), out, 4)
+        resume.resume_point(config_of(*FLAGS_A), out, 4)
 
 
 @needs_mpiexec
 def test_a_silent_rank_is_named_when_the_deadline_expires(tmp_path):
-    proc = _train(tmp_path, *FLAGS_A, "--timeout", "5", fault="hang:2:2", timeout=120)
+    proc = train(tmp_path, *FLAGS_A, "--timeout", "5", fault="hang:2:2", timeout=120)
     assert proc.returncode != 0
     assert "fedf: error: rank 2 sent nothing for 5 s at epoch 2" in proc.stderr
 
@@ -436,7 +390,7 @@ def test_a_silent_rank_is_named_when_the_deadline_expires(tmp_path):
 def test_corrupt_frames_are_dropped_with_their_reason_and_the_run_completes(tmp_path, run_a):
     pilot1 = run_a["epochs"][0]["pilot"]  # epoch 1 does not depend on earlier frames
     other = (pilot1 + 1) % 4
-    _ok(_train(tmp_path, *FLAGS_A, "--epochs", "3",
+    ok(train(tmp_path, *FLAGS_A, "--epochs", "3",
                fault=f"corrupt:{pilot1}:1,corrupt:{other}:3"))
     _, epochs = runlog.read(tmp_path / "run.jsonl")
     assert len(epochs) == 3
@@ -445,7 +399,7 @@ def test_corrupt_frames_are_dropped_with_their_reason_and_the_run_completes(tmp_
     assert epochs[1]["dropped_frames"] == []
     assert epochs[2]["dropped_frames"] == [{"worker": other, "reason": crc}]
     # The pilot's model was dropped at epoch 1, so P^1 = P^0: its test loss is P^0's.
-    host = harness.load(_config(*FLAGS_A))
+    host = harness.load(config_of(*FLAGS_A))
     ds = host.dataset
     loss, _ = worker.evaluate(host.model, host.p0, ds.x_test, ds.y_test, len(ds.y_test),
                               len(ds.y_test))

@@ -11,6 +11,7 @@ the module lays out and places once.
 - ``terngrad``: Wen et al.: synchronous SGD with stochastic ternary gradients.
 - ``central``: one worker holding the union of the workers' data.
 - ``admm_svm`` (``admm-svm``): a linear SVM by ADMM, data split by samples or features.
+- ``hierarchy``: two levels (``--groups``) of fedf or fedavg.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def make(cfg: RunConfig, host: Host, placement: Placement) -> Algorithm:
     name = cfg.run.algorithm
     if name not in ALGORITHMS:
         raise ValueError(f"`algorithm` (={name!r}) must be one of {ALGORITHMS}.")
+    if name in ("fedf", "fedavg") and (cfg.run.groups > 1 or cfg.run.group_epochs > 1):
+        name = "hierarchy"  # two levels: a wrapper over the algorithm
     module = importlib.import_module(f"fedf_jax.algorithms.{name.replace('-', '_')}")
     return module.make(cfg, host, placement)
 

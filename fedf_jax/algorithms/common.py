@@ -1,10 +1,11 @@
-"""What every algorithm's record shares: the run-log line of an epoch, and bytes."""
+"""What the algorithms share: the run-log line of an epoch, bytes, and the pieces an
+algorithm gives the two-level hierarchy (:class:`Level`)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -49,4 +50,35 @@ def model_exchange_bytes(n_params: int, downloads: int, uploads: int) -> codec.E
 
 NO_BYTES = codec.EpochBytes(0, 0, 0, 0, 0, 0)
 
-__all__ = ["epoch_record", "model_exchange_bytes", "NO_BYTES"]
+
+class Level(NamedTuple):
+    """An algorithm as one level of the hierarchy (DESIGN §8): the same rule runs inside
+    each group over its workers and at the top over the groups.
+
+    Attributes:
+      group_init: ``(layout, data, p0) -> group state`` (one group's, unbatched).
+      group_epoch: ``(group state, data) -> (group state, outputs)``: one inner epoch over
+        a group's workers, without a test pass; outputs hold ``costs`` (per position).
+      reset: ``(group state, top state) -> group state``: the top's model becomes the
+        group's at the start of an outer epoch.
+      contribution: ``(group state, data, outputs) -> (q f32[M], cost f32[], size f32[])``:
+        what the group master sends up as one worker of the top level.
+      top_init: ``(p0, G) -> top state``.
+      top_step: ``(top state, q f32[G, M], costs f32[G], sizes f32[G], x_test, y_test) ->
+        (top state, outputs)``: the algorithm's master rule over the G groups, then the
+        test metrics.
+      params: ``top state -> f32[M]``, the global model.
+      epoch_bytes: ``(n participants) -> codec.EpochBytes`` of one epoch at one level.
+    """
+
+    group_init: Callable
+    group_epoch: Callable
+    reset: Callable
+    contribution: Callable
+    top_init: Callable
+    top_step: Callable
+    params: Callable
+    epoch_bytes: Callable[[int], codec.EpochBytes]
+
+
+__all__ = ["epoch_record", "model_exchange_bytes", "NO_BYTES", "Level"]

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedf_jax import keys, layout, timing, worker
-from fedf_jax.algorithms.common import epoch_record, model_exchange_bytes
+from fedf_jax.algorithms.common import Level, epoch_record, model_exchange_bytes
 from fedf_jax.config import RunConfig
 from fedf_jax.harness import Algorithm, Host
 from fedf_jax.layout import Placement
@@ -71,21 +71,53 @@ def average(p: jax.Array, q: jax.Array, sizes: jax.Array, use: jax.Array) -> jax
     return jnp.where(total > 0, p_new, p)
 
 
-def epoch(model, lay: layout.Layout, spread, m: int, sample_key: jax.Array, state: State,
-          data: layout.Data):
-    """One FedAvg round; pure and jittable."""
+def round_(model, lay: layout.Layout, spread, m: int, sample_key: jax.Array, state: State,
+           data: layout.Data) -> tuple[State, dict]:
+    """One FedAvg round without the test pass (an inner epoch of the hierarchy)."""
     n = lay.n_workers
     q, opt_states = local_models(model, lay, spread, state.p, state.opt_states, data,
                                  state.epoch)
     sampled = sample(sample_key, state.epoch, n, m)
     finite = jnp.all(jnp.isfinite(q), axis=1)
     p_new = average(state.p, q, data.sizes, sampled & finite)
-    loss, acc = worker.evaluate(model, p_new, data.x_test, data.y_test, data.y_test.shape[0],
-                                lay.test_chunk)
     out = {"epoch": state.epoch, "costs": jnp.full((n,), jnp.nan), "sampled": sampled,
-           "finite": finite, "test_loss": loss, "test_accuracy": acc}
+           "finite": finite}
     new_states = layout.keep_rows(lay, sampled, opt_states, state.opt_states)
     return State(p_new, new_states, state.epoch + 1), out
+
+
+def epoch(model, lay: layout.Layout, spread, m: int, sample_key: jax.Array, state: State,
+          data: layout.Data):
+    """One FedAvg round, then the test metrics; pure and jittable."""
+    state, out = round_(model, lay, spread, m, sample_key, state, data)
+    loss, acc = worker.evaluate(model, state.p, data.x_test, data.y_test, data.y_test.shape[0],
+                                lay.test_chunk)
+    return state, {**out, "test_loss": loss, "test_accuracy": acc}
+
+
+def init(lay: layout.Layout, data: layout.Data, p0: jax.Array) -> State:
+    """P^0 and a fresh optimizer state at every worker (fresh buffers)."""
+    return State(jnp.copy(p0), layout.init_opt_states(lay, data, p0), jnp.int32(1))
+
+
+def level(cfg: RunConfig, model, lay: layout.Layout, sample_key: jax.Array) -> Level:
+    """FedAvg as one level of the hierarchy: HierFAVG (Liu et al. 2020). Each group
+    averages its workers' models; the top averages the groups' models weighted by S_g."""
+    m = model.num_params
+
+    def top_step(top: State, q, costs, sizes, x_test, y_test):
+        finite = jnp.all(jnp.isfinite(q), axis=1)
+        p = average(top.p, q, sizes, finite)
+        loss, acc = worker.evaluate(model, p, x_test, y_test, y_test.shape[0], lay.test_chunk)
+        return State(p, (), top.epoch + 1), {"epoch": top.epoch, "finite": finite,
+                                             "test_loss": loss, "test_accuracy": acc}
+
+    return Level(init, functools.partial(round_, model, lay, layout.HERE.spread,
+                                         lay.n_workers, sample_key),
+                 lambda g, top: g._replace(p=top.p),
+                 lambda g, data, out: (g.p, jnp.float32(jnp.nan), jnp.sum(data.sizes)),
+                 lambda p0, n: State(jnp.copy(p0), (), jnp.int32(1)), top_step,
+                 lambda top: top.p, lambda k: model_exchange_bytes(m, k, k))
 
 
 def make(cfg: RunConfig, host: Host, placement: Placement) -> Algorithm:
@@ -95,10 +127,6 @@ def make(cfg: RunConfig, host: Host, placement: Placement) -> Algorithm:
     m = sampled_count(n, cfg.run.fraction)
     sample_key = keys.stream(cfg.run.seed, keys.SAMPLE)
     work = timing.work_units(w.sizes, [sp.local_epochs for sp in cfg.specs], cost_pass=False)
-
-    def init() -> State:
-        return State(jnp.copy(host.p0), layout.init_opt_states(w.layout, w.data, host.p0),
-                     jnp.int32(1))
 
     def record(out, wall_s):
         sampled = np.asarray(out["sampled"])
@@ -112,8 +140,9 @@ def make(cfg: RunConfig, host: Host, placement: Placement) -> Algorithm:
         return rec
 
     step = functools.partial(epoch, host.model, w.layout, placement.spread, m, sample_key)
-    return Algorithm(init, step, w.data, record, lambda s: s.p, list(placement.devices),
-                     host.model.num_params)
+    return Algorithm(functools.partial(init, w.layout, w.data, host.p0), step, w.data, record,
+                     lambda s: s.p, list(placement.devices), host.model.num_params)
 
 
-__all__ = ["State", "sampled_count", "sample", "local_models", "average", "epoch", "make"]
+__all__ = ["State", "sampled_count", "sample", "local_models", "average", "round_", "epoch",
+           "init", "level", "make"]

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedf_jax import codec, layout, master, timing, worker
-from fedf_jax.algorithms.common import epoch_record
+from fedf_jax.algorithms.common import Level, epoch_record
 from fedf_jax.config import MasterConfig, RunConfig
 from fedf_jax.harness import Algorithm, Host
 from fedf_jax.layout import Placement
@@ -82,10 +82,10 @@ def conclude(model: Model, test_chunk: int, cfg: MasterConfig, ms: master.Master
     return new, loss, acc
 
 
-def master_side(model: Model, lay: layout.Layout, cfg: MasterConfig, state: State,
-                data: layout.Data, outs: Sequence[CohortOut]) -> tuple[State, dict]:
-    """The master's side on the gathered cohort outputs: pilot choice (Eq. 1), the
-    pilot's model, Eq. (3) over the packed ternaries, test metrics."""
+def combine(lay: layout.Layout, cfg: MasterConfig, state: State, data: layout.Data,
+            outs: Sequence[CohortOut]) -> tuple[State, dict]:
+    """The master's side on the gathered cohort outputs, without the test pass: pilot
+    choice (Eq. 1), the pilot's model, Eq. (3) over the packed ternaries."""
     def gather(field):
         return layout.to_workers(lay, [getattr(o, field) for o in outs])
 
@@ -93,11 +93,19 @@ def master_side(model: Model, lay: layout.Layout, cfg: MasterConfig, state: Stat
     ms = state.master
     sel = master.select(ms, costs, data.sizes)
     q_pilot = layout.row_of(lay, [o.q for o in outs], jnp.maximum(sel.pilot, 0))
-    new_master, loss, acc = conclude(model, lay.test_chunk, cfg, ms, sel, costs, q_pilot,
-                                     packed, data.sizes, data.betas, data.x_test, data.y_test)
+    new_master = master.update(ms, sel, costs, q_pilot, packed, data.sizes, data.betas, cfg)
     out = {"epoch": ms.epoch, "costs": costs, "goodness": sel.goodness, "pilot": sel.pilot,
-           "valid": sel.valid, "nonzero": nonzero, "test_loss": loss, "test_accuracy": acc}
+           "valid": sel.valid, "nonzero": nonzero}
     return State(new_master, tuple(o.opt_state for o in outs)), out
+
+
+def master_side(model: Model, lay: layout.Layout, cfg: MasterConfig, state: State,
+                data: layout.Data, outs: Sequence[CohortOut]) -> tuple[State, dict]:
+    """The master's side (:func:`combine`), then the test metrics of P^t."""
+    new, out = combine(lay, cfg, state, data, outs)
+    loss, acc = worker.evaluate(model, new.master.p_prev, data.x_test, data.y_test,
+                                data.y_test.shape[0], lay.test_chunk)
+    return new, {**out, "test_loss": loss, "test_accuracy": acc}
 
 
 def epoch(model: Model, lay: layout.Layout, cfg: MasterConfig, spread: Callable,
@@ -107,6 +115,65 @@ def epoch(model: Model, lay: layout.Layout, cfg: MasterConfig, spread: Callable,
     outs = workers_side(model, lay, cfg.scheme, spread, ms.p_prev, ms.p_prev2, ms.epoch,
                         state.opt_states, data)
     return master_side(model, lay, cfg, state, data, outs)
+
+
+def group_epoch(model: Model, lay: layout.Layout, cfg: MasterConfig, spread: Callable,
+                state: State, data: layout.Data) -> tuple[State, dict]:
+    """One FEDF epoch of a group's workers under its group master, without a test pass
+    (an inner epoch of the hierarchy)."""
+    ms = state.master
+    outs = workers_side(model, lay, cfg.scheme, spread, ms.p_prev, ms.p_prev2, ms.epoch,
+                        state.opt_states, data)
+    return combine(lay, cfg, state, data, outs)
+
+
+def level(cfg: RunConfig, model: Model, lay: layout.Layout, betas_g: np.ndarray,
+          placement: Placement = layout.HERE) -> Level:
+    """FEDF as one level of the hierarchy (DESIGN §8).
+
+    Each outer epoch the group's P^{t-1} becomes the top's model and its P^{t-2} stays
+    the model its workers last trained from (with one group and one inner epoch: the
+    flat run's). A group master is one worker of the top level: S_g the sum of its
+    workers' S_k, C_g the S_k-weighted mean of their last costs (finite ones; NaN if
+    none), Q_g the group's model after its inner epochs. The top runs Eq. (1), (3),
+    (4)/(5) over the G groups. The threshold of Eq. (4) for a group is the master's
+    public alpha0 (its workers' learning rates are private), beta_g the mean of its
+    workers' beta_k.
+
+    Args:
+      betas_g: f32[G] each group's beta.
+    """
+    scheme, m = cfg.master.scheme, model.num_params
+
+    def reset(g: State, top: master.MasterState) -> State:
+        # P^{t-1} becomes the top's; P^{t-2} stays the model the group's workers last
+        # trained from (what each of them holds: no second model goes down).
+        return g._replace(master=g.master._replace(p_prev=top.p_prev))
+
+    def contribution(g: State, data: layout.Data, out: dict):
+        ok = jnp.isfinite(out["costs"]) & (data.sizes > 0)
+        w = jnp.where(ok, data.sizes, 0.0)
+        cost = jnp.where(w.sum() > 0, jnp.sum(w * jnp.where(ok, out["costs"], 0.0))
+                         / jnp.maximum(w.sum(), 1.0), jnp.nan)
+        return g.master.p_prev, cost, jnp.sum(data.sizes)
+
+    def top_step(top: master.MasterState, q, costs, sizes, x_test, y_test):
+        betas = jnp.asarray(betas_g, jnp.float32)
+        packed, nonzero = jax.vmap(worker.ternary_message,
+                                   in_axes=(0, None, None, None, 0, None, None))(
+            q, top.p_prev, top.p_prev2, cfg.master.alpha0, betas, top.epoch, scheme)
+        sel = master.select(top, costs, sizes)
+        new, loss, acc = conclude(model, lay.test_chunk, cfg.master, top, sel, costs,
+                                  q[jnp.maximum(sel.pilot, 0)], packed, sizes, betas, x_test,
+                                  y_test)
+        return new, {"epoch": top.epoch, "goodness": sel.goodness, "pilot": sel.pilot,
+                     "valid": sel.valid, "nonzero": nonzero, "test_loss": loss,
+                     "test_accuracy": acc}
+
+    return Level(functools.partial(init, placement=placement),
+                 functools.partial(group_epoch, model, lay, cfg.master, placement.spread),
+                 reset, contribution, lambda p0, g: master.init(p0, g), top_step,
+                 lambda top: top.p_prev, lambda k: codec.epoch_bytes(m, k, scheme))
 
 
 def make_record(cfg: RunConfig, sizes, n_params: int) -> Callable[[dict, float], dict]:
@@ -156,4 +223,4 @@ def make(cfg: RunConfig, host: Host, placement: Placement) -> Algorithm:
 
 
 __all__ = ["State", "CohortOut", "cohort_side", "workers_side", "conclude", "master_side",
-           "epoch", "make_record", "init", "make"]
+           "epoch", "group_epoch", "level", "make_record", "init", "make"]

@@ -89,7 +89,8 @@ class Upload(NamedTuple):
 
 
 def decode_frames(buf: np.ndarray, lengths: np.ndarray, pilot: int, epoch: int,
-                  n_params: int, scheme: str, packed: np.ndarray) -> Upload:
+                  n_params: int, scheme: str, packed: np.ndarray,
+                  senders: Sequence[int] | None = None) -> Upload:
     """Checks every worker's frame (kind, epoch, sender, count, CRC32, codes).
 
     Args:
@@ -97,32 +98,37 @@ def decode_frames(buf: np.ndarray, lengths: np.ndarray, pilot: int, epoch: int,
       pilot: k*, -1 when no worker was usable (no frames then).
       epoch: t; n_params: M; scheme: the ternary packing.
       packed: u8[N, packed_size(M)], filled in place (reused across epochs).
+      senders: the sender id each frame must carry (default 0..N-1; a group master's
+        workers carry their global ids).
 
     Returns:
-      An Upload; a frame that fails a check is dropped with its reason.
+      An Upload; a frame that fails a check is dropped with its reason (``worker``: the
+      sender id expected).
     """
+    senders = list(range(len(lengths))) if senders is None else list(senders)
     ends = np.cumsum(lengths)
     ok = np.zeros(len(lengths), bool)
     dropped: list[dict[str, Any]] = []
     q = None
     for k in range(len(lengths) if pilot >= 0 else 0):
         view = buf[int(ends[k] - lengths[k]):int(ends[k])]
+        sender = senders[k]
         try:
             if k == pilot:
                 q = codec.decode_array(view, expected_kind=codec.Kind.MODEL_UP,
-                                       expected_epoch=epoch, expected_sender=k,
+                                       expected_epoch=epoch, expected_sender=sender,
                                        expected_count=n_params, copy=False)
                 if q.dtype != np.float32:
                     q = None
-                    raise codec.FrameError("model payload is not float32", k, epoch)
+                    raise codec.FrameError("model payload is not float32", sender, epoch)
             else:
                 packed[k] = codec.decode_packed(view, n_params, scheme, expected_epoch=epoch,
-                                                expected_sender=k)
+                                                expected_sender=sender)
             ok[k] = True
         except codec.FrameError as e:
             packed[k] = 0
-            dropped.append({"worker": k, "reason": e.reason})
-            log.warning("epoch %d: dropped the frame of worker %d%s: %s", epoch, k,
+            dropped.append({"worker": sender, "reason": e.reason})
+            log.warning("epoch %d: dropped the frame of worker %d%s: %s", epoch, sender,
                         " (the pilot; P^t = P^{t-1})" if k == pilot else "", e)
     return Upload(q, packed, ok, dropped)
 

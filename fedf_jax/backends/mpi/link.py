@@ -26,7 +26,7 @@ from mpi4py import MPI
 DEFAULT_TIMEOUT = 300.0
 SETUP_TIMEOUT = 600.0  # start-up (data loading, compiling) waits at least this long
 ABORT_GRACE = 0.5  # seconds between the last line written and MPI_Abort
-_TAG_COST, _TAG_LENGTHS, _TAG_ACK, _TAG_SETUP = 11, 12, 13, 14
+_TAG_COST, _TAG_LENGTHS, _TAG_ACK, _TAG_SETUP, _TAG_REPORT = 11, 12, 13, 14, 15
 
 
 class RankLayout(NamedTuple):
@@ -97,6 +97,9 @@ class Link:
             raise ValueError(f"`timeout` (={timeout}) must be a positive number of seconds.")
         self.comm, self.layout, self.timeout = comm, layout, float(timeout)
         self.rank = comm.Get_rank()
+        # Ranks in messages are the job's (COMM_WORLD's), whatever communicator this is.
+        self.world = MPI.Group.Translate_ranks(comm.Get_group(), list(range(comm.Get_size())),
+                                               MPI.COMM_WORLD.Get_group())
         self.epoch = 0  # the epoch the messages belong to (0: start-up)
         self.moved: dict[str, int] = {}
         self._recv = np.empty(0, np.uint8)
@@ -129,9 +132,9 @@ class Link:
             time.sleep(0 if waited < 2e-3 else min(1e-3, waited / 8))
 
     def _silent(self, pending: Sequence[int | None], stage: str, limit: float) -> None:
-        ranks = sorted({p for p in pending if p is not None})
+        ranks = sorted({self.world[p] for p in pending if p is not None})
         who = _who(ranks) if ranks else "a worker rank"
-        seen = "" if self.rank == 0 else f" (noticed by rank {self.rank})"
+        seen = "" if self.world[self.rank] == 0 else f" (noticed by rank {self.world[self.rank]})"
         fatal(f"fedf: error: {who} sent nothing for {limit:g} s at epoch {self.epoch} "
                f"({stage}); aborting{seen}", 2)
 
@@ -218,8 +221,26 @@ class Link:
         self.wait(reqs, peers, "checkpoint")
         bad = [r for r in self._workers_ranks() if acks[r] != self.epoch]
         if bad:
-            raise RuntimeError(f"{_who(bad)} acknowledged a checkpoint of another epoch "
-                               f"({acks[bad].tolist()}, expected {self.epoch}).")
+            raise RuntimeError(f"{_who([self.world[r] for r in bad])} acknowledged a "
+                               f"checkpoint of another epoch ({acks[bad].tolist()}, expected "
+                               f"{self.epoch}).")
+
+    def gather_reports(self, width: int) -> np.ndarray:
+        """Every worker rank's report of ``width`` float64 values per worker it holds
+        (e.g. a group master's summary of its group), point to point.
+
+        Returns:
+          f64[N, width] in worker order.
+        """
+        out = np.empty((self.layout.n_workers, width), np.float64)
+        reqs, peers = [], []
+        for r in self._workers_ranks():
+            reqs.append(self.comm.Irecv([out[self._rank_slice(r)], MPI.DOUBLE], source=r,
+                                        tag=_TAG_REPORT))
+            peers.append(r)
+        self.wait(reqs, peers, "reports")
+        self.moved["reports"] = out.nbytes
+        return out
 
     # -- a worker rank's side
 
@@ -243,6 +264,11 @@ class Link:
         self.comm.Send([np.ascontiguousarray(lengths, np.int64), MPI.INT64_T], dest=0,
                        tag=_TAG_LENGTHS)
         self.wait([self.comm.Igatherv([buf, MPI.BYTE], None, root=0)], [0], "frames")
+
+    def send_report(self, values: np.ndarray) -> None:
+        """This rank's report, f64[n_r, width] (see :meth:`gather_reports`)."""
+        self.comm.Send([np.ascontiguousarray(values, np.float64), MPI.DOUBLE], dest=0,
+                       tag=_TAG_REPORT)
 
     def send_ack(self) -> None:
         """Confirms this rank's checkpoint file of this epoch."""

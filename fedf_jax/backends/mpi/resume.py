@@ -83,10 +83,10 @@ def truncate_log(path: Path, epoch: int) -> list[dict[str, Any]]:
 
 
 def save_master(cfg: RunConfig, out: Path, ids: Sequence[Sequence[int]],
-                arrays: Mapping[str, Any], epoch: int) -> None:
-    """The master's checkpoint of ``epoch``: its state's arrays, the config and each
-    rank's worker ids (rank 0 holds none)."""
-    meta = {"epoch": epoch, "ranks": len(ids), "ids": [list(i) for i in ids],
+                arrays: Mapping[str, Any], epoch: int, ranks: int) -> None:
+    """The master's checkpoint of ``epoch``: its state's arrays, the config, the job's
+    rank count and the worker ids each rank below it holds (rank 0 holds none)."""
+    meta = {"epoch": epoch, "ranks": ranks, "ids": [list(i) for i in ids],
             "config": runlog.to_json(cfg.to_dict())}
     checkpoint.save(file(out, 0, epoch), arrays, meta)
 
