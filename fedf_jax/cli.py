@@ -377,7 +377,8 @@ def train(args: argparse.Namespace, faults=()) -> int:
     say = print if rank == 0 and not args.quiet else (lambda *a, **k: None)
     try:  # the same flags on every rank: a bad one fails alike everywhere, say it once
         cfg = make_config(args)
-        train_lib.check(cfg, MPI.COMM_WORLD.Get_size())
+        train_lib.check(cfg, MPI.COMM_WORLD.Get_size(),
+                        resumable=bool(args.checkpoint_every or args.resume))
         if args.resume and not args.out:
             raise ValueError("--resume needs the --out directory of the run to continue.")
         if args.timeout is not None and not args.timeout > 0:
@@ -390,20 +391,25 @@ def train(args: argparse.Namespace, faults=()) -> int:
             print(f"fedf: error: {e}", file=sys.stderr)
         return 2
 
+    svm = cfg.run.algorithm == "admm-svm"
+
     def setup(h):
         where = (f"{cfg.run.groups} groups of ranks {h['group_ranks']} (group master first) "
                  "under the top master rank 0" if "group_ranks" in h else
                  f"{h['ranks'] - 1} worker ranks (+ master rank 0)")
-        say(f"FEDF over MPI on {cfg.data.name}: {cfg.n_workers} workers on {where}, "
-            f"{cfg.model.name.upper()} with "
-            f"{h['num_params']:,} parameters, {cfg.run.epochs} epochs, "
-            f"d = {cfg.master.direction:+d}, {cfg.master.scheme} ternaries"
+        what = (f"linear SVM with {h['num_params']:,} weights, C = {cfg.master.svm_c:g}"
+                if svm else f"{cfg.model.name.upper()} with {h['num_params']:,} parameters, "
+                f"d = {cfg.master.direction:+d}, {cfg.master.scheme} ternaries")
+        say(f"{'ADMM linear SVM' if svm else 'FEDF'} over MPI on {cfg.data.name}: "
+            f"{cfg.n_workers} workers on {where}, {what}, {cfg.run.epochs} epochs"
             + (f"; resuming at epoch {h['first_epoch']}" if h["first_epoch"] > 1 else ""))
-        say(f"{'epoch':>5} {'pilot':>5} {'test acc':>8} {'test loss':>9} {'bytes':>12} "
-            f"{'mpi bytes':>12} {'dropped':>7} {'wall s':>7}", flush=True)
+        say(f"{'epoch':>5} {'objective' if svm else 'pilot':>9} {'test acc':>8} "
+            f"{'test loss':>9} {'bytes':>12} {'mpi bytes':>12} {'dropped':>7} {'wall s':>7}",
+            flush=True)
 
     def row(rec):
-        say(f"{rec['epoch']:>5} {rec['pilot']:>5} {rec['test_accuracy']:>8.4f} "
+        lead = f"{rec['objective']:>9.5g}" if svm else f"{rec['pilot']:>9}"
+        say(f"{rec['epoch']:>5} {lead} {rec['test_accuracy']:>8.4f} "
             f"{rec['test_loss']:>9.4f} {rec['bytes_total']:>12,} {rec['mpi_bytes']:>12,} "
             f"{len(rec['dropped_frames']):>7} {rec['wall_s']:>7.3f}", flush=True)
 

@@ -298,5 +298,39 @@ def finish(cfg: RunConfig, out_dir: Path | None, records: list[dict[str, Any]],
     return {**summary, "records": records, "params": np.asarray(params)}
 
 
+def execute(cfg: RunConfig, runner: Runner, state, record: Callable, params: Callable, *,
+            out_dir: Path | None, head: dict[str, Any], num_params: int, num_classes: int,
+            first: int = 1, done: Sequence[dict[str, Any]] = (), resumed: bool = False,
+            on_epoch: Callable[[dict[str, Any]], None] | None = None,
+            after: Callable[[Any, dict[str, Any]], None] | None = None,
+            extra: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None
+            ) -> dict[str, Any]:
+    """A whole run: the run log (new, or continued after ``done`` epochs when
+    ``resumed``), :func:`drive` from epoch ``first`` to the last, :func:`finish`.
+
+    Args:
+      params: ``state -> f32[M]`` the global model; extra: more summary fields from all
+        the records (e.g. MPI's bytes moved).
+    """
+    path = Path(out_dir) / "run.jsonl" if out_dir is not None else None
+    logfile = None
+    if path is not None:
+        logfile = (runlog.RunLog(path, {"type": "resume", "epoch": first - 1,
+                                        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+                                 append=True) if resumed else runlog.RunLog(path, head))
+    watch = Watch(num_classes)
+    t0 = time.perf_counter()
+    try:
+        state, new = drive(runner, state, record, first=first, last=cfg.run.epochs,
+                           logfile=logfile, on_epoch=on_epoch, after=after, watch=watch)
+        records = [*done, *new]
+        return finish(cfg, out_dir, records, np.asarray(params(state)), num_params,
+                      time.perf_counter() - t0, runner.compile_s, watch, logfile,
+                      **(extra(records) if extra else {}))
+    finally:
+        if logfile:
+            logfile.close()
+
+
 __all__ = ["Algorithm", "Host", "Runner", "Compiler", "Watch", "load", "partition_workers",
-           "scan", "compile_runner", "drive", "summarize", "header", "finish"]
+           "scan", "compile_runner", "drive", "summarize", "header", "finish", "execute"]

@@ -8,14 +8,11 @@ time and drives it with the harness's one epoch loop, writing the run log and
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from fedf_jax import algorithms, backends, harness, runlog
+from fedf_jax import algorithms, backends, harness
 from fedf_jax.config import RunConfig
 
 
@@ -43,19 +40,9 @@ def run(cfg: RunConfig, out_dir: str | Path | None = None, *,
     head = harness.header(cfg, host, alg.num_params, alg.devices, runner.compile_s)
     if on_start:
         on_start(head)
-    logfile = runlog.RunLog(Path(out_dir) / "run.jsonl", head) if out_dir else None
-    watch = harness.Watch(host.dataset.num_classes)
-    t0 = time.perf_counter()
-    try:
-        state, records = harness.drive(runner, state, alg.record, first=1,
-                                       last=cfg.run.epochs, logfile=logfile,
-                                       on_epoch=on_epoch, watch=watch)
-        return harness.finish(cfg, out_dir, records, np.asarray(alg.params(state)),
-                              alg.num_params, time.perf_counter() - t0,
-                              runner.compile_s, watch, logfile)
-    finally:
-        if logfile:
-            logfile.close()
+    return harness.execute(cfg, runner, state, alg.record, alg.params, out_dir=out_dir,
+                           head=head, num_params=alg.num_params,
+                           num_classes=host.dataset.num_classes, on_epoch=on_epoch)
 
 
 __all__ = ["run"]

@@ -26,7 +26,6 @@ are added in ``groups``).
 from __future__ import annotations
 
 import sys
-import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -37,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from mpi4py import MPI
 
-from fedf_jax import checkpoint, harness, master, ranks, runlog
+from fedf_jax import checkpoint, harness, master
 from fedf_jax.algorithms import fedf, hierarchy
 from fedf_jax.backends.mpi import resume
 from fedf_jax.backends.mpi.faults import Fault, strikes
@@ -51,13 +50,24 @@ from fedf_jax.backends.mpi.link import (
 from fedf_jax.backends.mpi.resume import ResumeError
 from fedf_jax.codec import epoch_bytes
 from fedf_jax.config import RunConfig
+from fedf_jax.ranks import admm as admm_ranks
+from fedf_jax.ranks import fedf as ranks
 
 
-def check(cfg: RunConfig, n_ranks: int) -> None:
-    """Raises ValueError when ``cfg`` cannot run on ``n_ranks`` MPI ranks."""
-    if cfg.run.algorithm != "fedf" or cfg.run.scan_epochs > 1:
-        raise ValueError("`fedf train` runs FEDF epoch by epoch; --algorithm and "
-                         "--scan-epochs are for `fedf simulate`.")
+def check(cfg: RunConfig, n_ranks: int, resumable: bool = False) -> None:
+    """Raises ValueError when ``cfg`` cannot run on ``n_ranks`` MPI ranks (``resumable``:
+    checkpoints or --resume asked for)."""
+    run = cfg.run
+    if run.algorithm not in ("fedf", "admm-svm") or run.scan_epochs > 1:
+        raise ValueError("`fedf train` runs fedf or admm-svm epoch by epoch; the baselines "
+                         "and --scan-epochs are for `fedf simulate`.")
+    if run.algorithm == "admm-svm":
+        if cfg.data.split != "samples" or run.groups > 1 or resumable:
+            raise ValueError("`fedf train --algorithm admm-svm` runs consensus ADMM (--split "
+                             "samples) in one level, without checkpoints; use `fedf "
+                             "simulate` for --split features or --groups.")
+        split_workers(cfg.n_workers, n_ranks)
+        return
     if cfg.run.groups == 1 and cfg.run.group_epochs == 1:
         split_workers(cfg.n_workers, n_ranks)
         return
@@ -79,6 +89,24 @@ def _group_ranks(members: Sequence[int], r: int) -> RankLayout:
     workers (global ids) in contiguous blocks."""
     blocks = split_workers(len(members), r).ids[1:]
     return RankLayout(((),) + tuple(tuple(members[i] for i in b) for b in blocks))
+
+
+def _header_extra(cfg: RunConfig, link: Link, infos: list[dict]) -> dict[str, Any]:
+    """The MPI fields of the run-log header: ranks, each rank's host and devices, and
+    which workers (or groups) each holds."""
+    everyone = [{"rank": 0, "host": ranks._host(),
+                 "devices": [str(d) for d in jax.local_devices()]}]
+    for i in infos:
+        everyone.append({"rank": i["rank"], "host": i["host"], "devices": i["devices"]})
+        everyone += [{"rank": j["rank"], "host": j["host"], "devices": j["devices"]}
+                     for j in i.get("group", ())]
+    everyone.sort(key=lambda d: d["rank"])
+    extra: dict[str, Any] = {"worker_ranks": [list(i) for i in link.layout.ids]}
+    if any("group" in i for i in infos):
+        extra = {"group_ranks": [[i["rank"]] + [j["rank"] for j in i["group"]] for i in infos],
+                 "group_workers": [list(g) for g in cfg.group_workers()]}
+    return {"devices": [f"rank {d['rank']}: {dev}" for d in everyone for dev in d["devices"]],
+            "ranks": MPI.COMM_WORLD.Get_size(), "rank_devices": everyone, **extra}
 
 
 def _top(cfg: RunConfig, link: Link, faults: Sequence[Fault], out: Path,
@@ -126,20 +154,9 @@ def _top(cfg: RunConfig, link: Link, faults: Sequence[Fault], out: Path,
         first = last + 1
     link.bcast_json({"out": str(out), "first_epoch": first})
 
-    everyone = [{"rank": 0, "host": ranks._host(),
-                 "devices": [str(d) for d in jax.local_devices()]}]
-    for i in infos:
-        everyone.append({"rank": i["rank"], "host": i["host"], "devices": i["devices"]})
-        everyone += [{"rank": j["rank"], "host": j["host"], "devices": j["devices"]}
-                     for j in i.get("group", ())]
-    extra = {"worker_ranks": [list(i) for i in link.layout.ids]}
-    if grouped:
-        extra = {"group_ranks": [[i["rank"]] + [j["rank"] for j in i["group"]] for i in infos],
-                 "group_workers": [list(g) for g in members]}
-    head = harness.header(cfg, host, m,
-                          [f"rank {d['rank']}: {dev}" for d in everyone for dev in d["devices"]],
-                          compiler.seconds, backend="mpi", ranks=MPI.COMM_WORLD.Get_size(),
-                          rank_devices=sorted(everyone, key=lambda d: d["rank"]), **extra)
+    extra = _header_extra(cfg, link, infos)
+    head = harness.header(cfg, host, m, extra.pop("devices"), compiler.seconds, backend="mpi",
+                          **extra)
     if on_setup:
         on_setup({**head, "first_epoch": first})
 
@@ -173,21 +190,12 @@ def _top(cfg: RunConfig, link: Link, faults: Sequence[Fault], out: Path,
                                   {"epoch": t, "ranks": MPI.COMM_WORLD.Get_size()})
             resume.prune(out, 0)
 
-    logfile = (runlog.RunLog(out / "run.jsonl", {"type": "resume", "epoch": first - 1,
-                                                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
-                             append=True)
-               if resumed else runlog.RunLog(out / "run.jsonl", head))
-    watch = harness.Watch(host.dataset.num_classes)
-    t0 = time.perf_counter()
-    with logfile:
-        state, new = harness.drive(harness.Runner(advance, 1, compiler.seconds), state, record,
-                                   first=first, last=cfg.run.epochs, logfile=logfile,
-                                   on_epoch=on_epoch, after=after, watch=watch)
-        records += new
-        return harness.finish(cfg, out, records, np.asarray(state.p_prev), m,
-                              time.perf_counter() - t0, compiler.seconds, watch, logfile,
-                              mpi_bytes_total=int(sum(r.get("mpi_bytes", 0) for r in records)))
-
+    return harness.execute(
+        cfg, harness.Runner(advance, 1, compiler.seconds), state, record,
+        lambda s: s.p_prev, out_dir=out, head=head, num_params=m,
+        num_classes=host.dataset.num_classes, first=first, done=records, resumed=resumed,
+        on_epoch=on_epoch, after=after,
+        extra=lambda recs: {"mpi_bytes_total": int(sum(r.get("mpi_bytes", 0) for r in recs))})
 
 def run(cfg: RunConfig, out: str | Path | None, *, timeout: float = DEFAULT_TIMEOUT,
         checkpoint_every: int | None = None, resume: bool = False,
@@ -222,11 +230,19 @@ def run(cfg: RunConfig, out: str | Path | None, *, timeout: float = DEFAULT_TIME
     rank, size = comm.Get_rank(), comm.Get_size()
     link = None
     try:
-        check(cfg, size)
+        check(cfg, size, resumable=bool(checkpoint_every or resume))
         if checkpoint_every is not None and checkpoint_every < 1:
             raise ValueError(f"`checkpoint_every` (={checkpoint_every}) must be >= 1.")
         top_args = (faults, Path(out) if out is not None else None, checkpoint_every, resume,
                     on_setup, on_epoch)
+        if cfg.run.algorithm == "admm-svm":
+            link = Link(comm, split_workers(cfg.n_workers, size), timeout)
+            if rank == 0:
+                return admm_ranks.run_master(cfg, link, Path(out),
+                                             lambda infos: _header_extra(cfg, link, infos),
+                                             on_setup, on_epoch)
+            admm_ranks.run_worker(cfg, link, link.layout.ids[rank], world_rank=rank)
+            return None
         if cfg.run.groups == 1 and cfg.run.group_epochs == 1:
             link = Link(comm, split_workers(cfg.n_workers, size), timeout)
             if rank == 0:

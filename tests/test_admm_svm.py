@@ -5,10 +5,11 @@ import json
 
 import numpy as np
 import pytest
+from mpi_jobs import config_of, needs_mpiexec, ok, train
 from sklearn.datasets import dump_svmlight_file, make_classification
 from sklearn.svm import LinearSVC
 
-from fedf_jax import cli, runlog
+from fedf_jax import cli, runlog, simulation
 
 C = 1.0
 
@@ -120,3 +121,29 @@ def test_a_config_file_can_list_each_groups_workers(libsvm_dir, tmp_path):
                      str(tmp_path / "r")]) == 0
     header, _ = runlog.read(tmp_path / "r" / "run.jsonl")
     assert header["config"]["group_workers"] == [[0, 3], [1, 2]]
+
+
+@needs_mpiexec
+def test_admm_svm_under_mpiexec_equals_simulate(libsvm_dir, reference, tmp_path):
+    d, x, y, *_ = libsvm_dir
+    flags = ["--algorithm", "admm-svm", "--data", "libsvm", "--data-dir", str(d), "--workers",
+             "4", "--epochs", "4000"]
+    ok(train(tmp_path / "mpi", *flags, ranks=3))
+    sim = simulation.run(config_of(*flags))
+    header, epochs = runlog.read(tmp_path / "mpi" / "run.jsonl")
+    assert header["backend"] == "mpi" and header["worker_ranks"] == [[], [0, 1], [2, 3]]
+    w = np.load(tmp_path / "mpi" / "final_model.npy").astype(np.float64)
+    np.testing.assert_allclose(w, sim["params"], rtol=1e-4, atol=1e-5)
+    assert abs(len(epochs) - len(sim["records"])) <= 1  # the sums are float64 here
+    assert abs(_objective(w, x, y) - reference[0]) / reference[0] <= 1e-3
+    first = epochs[0]
+    assert first["bytes_total"] == sim["records"][0]["bytes_total"]
+    assert set(first["mpi_bytes_detail"]) == {"control", "x+u", "z", "statistics", "reports"}
+
+
+@needs_mpiexec
+def test_admm_svm_under_mpiexec_refuses_what_it_does_not_run(libsvm_dir, tmp_path):
+    proc = train(tmp_path, "--algorithm", "admm-svm", "--data", "libsvm", "--data-dir",
+                 str(libsvm_dir[0]), "--split", "features", ranks=3, timeout=120)
+    assert proc.returncode == 2
+    assert "runs consensus ADMM (--split samples) in one level" in proc.stderr

@@ -38,11 +38,11 @@ from fedf_jax import (  # noqa: E402
     simulation,
     worker,  # noqa: E402
 )
-from fedf_jax import ranks as ranks_lib  # noqa: E402
 from fedf_jax.algorithms import fedf  # noqa: E402
 from fedf_jax.backends import mpi, sharded  # noqa: E402
 from fedf_jax.backends.mpi import faults, frames, resume  # noqa: E402
 from fedf_jax.models import make_model  # noqa: E402
+from fedf_jax.ranks import fedf as ranks_lib  # noqa: E402
 
 BYTE_FIELDS = ("bytes_down", "bytes_up_model", "bytes_up_ternary", "bytes_other",
                "bytes_header", "bytes_total")

@@ -111,6 +111,36 @@ def _add(a: codec.EpochBytes, b: codec.EpochBytes, times: int = 1) -> codec.Epoc
     return codec.EpochBytes(*(x + times * y for x, y in zip(a, b, strict=True)))
 
 
+def make_record(cfg: RunConfig, counted: codec.EpochBytes, rounds: int, work: np.ndarray,
+                costs_of: np.ndarray | None = None,
+                levels: tuple[codec.EpochBytes, codec.EpochBytes] | None = None):
+    """The run-log line of one ADMM iteration (simulated or under MPI): the usual fields
+    (no pilot), plus ``objective``, ``primal_residual``, ``dual_residual`` and ``rho``
+    (one per class) and ``converged``; with two levels ``bytes_group`` and ``bytes_top``.
+
+    Args:
+      counted: the iteration's bytes as deployed; rounds: its message rounds; work: each
+        worker's share of the compute. costs_of: where each worker's cost sits in the
+        outputs' ``costs`` (None: in worker order). levels: (group, top) bytes.
+    """
+
+    def record(out, wall_s):
+        costs = np.asarray(out["costs"], np.float64)
+        out = {**out, "costs": costs if costs_of is None else costs[costs_of]}
+        modeled = timing.modeled_epoch_s(wall_s, work, counted.total, cfg.run.bandwidth,
+                                         cfg.run.latency, rounds=rounds)
+        rec = epoch_record(out, counted, wall_s, modeled)
+        rec.update(objective=float(out["objective"]),
+                   primal_residual=np.asarray(out["primal_residual"], np.float64),
+                   dual_residual=np.asarray(out["dual_residual"], np.float64),
+                   rho=np.asarray(out["rho"], np.float64), converged=bool(out["converged"]))
+        if levels is not None:
+            rec.update(bytes_group=int(levels[0].total), bytes_top=int(levels[1].total))
+        return rec
+
+    return record
+
+
 def make(cfg: RunConfig, host: Host, placement: Placement) -> Algorithm:
     """The SVM over the run's workers: rows (``parts``) or column blocks."""
     ds, split, n = host.dataset, cfg.data.split, cfg.n_workers
@@ -166,27 +196,13 @@ def make(cfg: RunConfig, host: Host, placement: Placement) -> Algorithm:
     else:
         counted, rounds = iteration_bytes("samples", n, k, p), 2
         work = sizes
-    order = (np.argsort(np.concatenate([np.asarray(g) for g in groups]))
-             if grouped else None)
-    pad = max(len(g) for g in groups)
-    flat_rows = (np.concatenate([gi * pad + np.arange(len(g)) for gi, g in enumerate(groups)])
-                 if grouped else None)
-
-    def record(out, wall_s):
-        costs = np.asarray(out["costs"], np.float64)
-        if grouped:  # [G * pad] in group-major order -> worker order
-            costs = costs[flat_rows][order]
-        out = {**out, "costs": costs}
-        modeled = timing.modeled_epoch_s(wall_s, work, counted.total, cfg.run.bandwidth,
-                                         cfg.run.latency, rounds=rounds)
-        rec = epoch_record(out, counted, wall_s, modeled)
-        rec.update(objective=float(out["objective"]),
-                   primal_residual=np.asarray(out["primal_residual"], np.float64),
-                   dual_residual=np.asarray(out["dual_residual"], np.float64),
-                   rho=np.asarray(out["rho"], np.float64), converged=bool(out["converged"]))
-        if grouped:
-            rec.update(bytes_group=int(group_bytes.total), bytes_top=int(top_bytes.total))
-        return rec
+    costs_of = None
+    if grouped:  # [G * pad] costs in group-major order -> worker order
+        pad = max(len(g) for g in groups)
+        rows = np.concatenate([gi * pad + np.arange(len(g)) for gi, g in enumerate(groups)])
+        costs_of = rows[np.argsort(np.concatenate([np.asarray(g) for g in groups]))]
+    record = make_record(cfg, counted, rounds, work, costs_of,
+                         (group_bytes, top_bytes) if grouped else None)
 
     fn = functools.partial(step, split, grouped, kappa, keep, hyper, top)
     return Algorithm(init, fn, (train, test), record,
@@ -194,4 +210,4 @@ def make(cfg: RunConfig, host: Host, placement: Placement) -> Algorithm:
                      list(placement.devices), k * p)
 
 
-__all__ = ["State", "Test", "step", "iteration_bytes", "make"]
+__all__ = ["State", "Test", "step", "iteration_bytes", "make_record", "make"]

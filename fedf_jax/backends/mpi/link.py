@@ -26,7 +26,7 @@ from mpi4py import MPI
 DEFAULT_TIMEOUT = 300.0
 SETUP_TIMEOUT = 600.0  # start-up (data loading, compiling) waits at least this long
 ABORT_GRACE = 0.5  # seconds between the last line written and MPI_Abort
-_TAG_COST, _TAG_LENGTHS, _TAG_ACK, _TAG_SETUP, _TAG_REPORT = 11, 12, 13, 14, 15
+_TAG_COST, _TAG_LENGTHS, _TAG_ACK, _TAG_SETUP, _TAG_REPORT, _TAG_SUM = 11, 12, 13, 14, 15, 16
 
 
 class RankLayout(NamedTuple):
@@ -241,6 +241,32 @@ class Link:
         self.wait(reqs, peers, "reports")
         self.moved["reports"] = out.nbytes
         return out
+
+    # -- any array down, sums up (the ADMM rounds)
+
+    def share(self, buf: np.ndarray, stage: str) -> None:
+        """The master's array to every rank (``Ibcast``): rank 0 fills ``buf`` (C-contiguous),
+        the others receive into it."""
+        peers = [None if self.rank == 0 else 0]
+        self.wait([self.comm.Ibcast(buf, root=0)], peers, stage)
+        if self.rank == 0:
+            self.moved[stage] = self.moved.get(stage, 0) + (self.layout.n_ranks - 1) * buf.nbytes
+
+    def sum_up(self, values: np.ndarray | None, shape: tuple[int, ...], stage: str
+               ) -> np.ndarray | None:
+        """Every worker rank's float64 values, summed at the master (point to point, in
+        rank order, so that a silent rank is named). Returns the sum at rank 0, None
+        elsewhere."""
+        if self.rank != 0:
+            self.comm.Send([np.ascontiguousarray(values, np.float64), MPI.DOUBLE], dest=0,
+                           tag=_TAG_SUM)
+            return None
+        parts = np.empty((self.layout.n_ranks, *shape), np.float64)
+        ranks = list(self._workers_ranks())
+        self.wait([self.comm.Irecv([parts[r], MPI.DOUBLE], source=r, tag=_TAG_SUM)
+                   for r in ranks], ranks, stage)
+        self.moved[stage] = self.moved.get(stage, 0) + parts[1:].nbytes
+        return parts[1:].sum(axis=0)
 
     # -- a worker rank's side
 
