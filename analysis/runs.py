@@ -51,6 +51,9 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     # the two-level hierarchy and the ADMM SVM
     "groups": 1, "group_epochs": 1, "group_workers": None, "split": "samples",
     "standardize": None, "svm_c": 1.0, "rho": None, "tol": 1e-4,
+    "group_bandwidth": 1.25e9, "group_latency": 1e-4,
+    # the secure layers
+    "secure_sum": "none", "wire": "crc", "key_file": None,
 }
 # Fields shown in the report's own columns (data, model, method, N): never in a variant.
 SHOWN_KEYS = ("data", "model", "algorithm", "direction", "fraction", "workers")

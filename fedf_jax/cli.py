@@ -57,11 +57,12 @@ Any error on any rank ends the whole job (MPI_Abort) with a message naming the r
 # Sections of the run flags in --help, and the fields each shows.
 _GROUPS = (("federation", ("run", "master", "workers"),
             ("algorithm", "fraction", "workers", "epochs", "alpha0", "beta", "direction",
-             "scheme", "seed", "groups", "group_epochs")),
+             "scheme", "seed", "groups", "group_epochs", "secure_sum")),
            ("ADMM linear SVM (--algorithm admm-svm)", ("master",), ("svm_c", "rho", "tol")),
            ("model and data", ("model", "data"), None),
            ("run", ("run",), ("bandwidth", "latency", "group_bandwidth", "group_latency",
-                              "backend", "devices", "scan_epochs")))
+                              "backend", "devices", "scan_epochs")),
+           ("wire (fedf train)", ("run",), ("wire", "key_file")))
 _FILE_ONLY = ("worker_specs", "default_worker", "group_workers")
 
 

@@ -18,11 +18,11 @@ bad flag is answered at once.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import numpy as np
 
+from fedf_jax.config_fields import COUNT, POSITIVE, check_fields, flat_name, option
 from fedf_jax.data import DATASETS, PARTITIONS
 
 # Names of the registries that live in modules importing JAX (tests check they agree).
@@ -33,103 +33,56 @@ BACKENDS = ("vmap", "sharded")
 ALGORITHMS = ("fedf", "fedavg", "phong", "terngrad", "central", "admm-svm")
 GROUPED = ("fedf", "fedavg", "admm-svm")  # the algorithms that run in groups (--groups)
 SPLITS = ("samples", "features")
-
-
-_COUNT = {"low": 1, "integer": True}  # an integer >= 1
-_POSITIVE = {"low": 0, "low_open": True}  # a number > 0
-
-
-def _field(default, help: str, flat: str | None = None, **kw):
-    """A config field with its help text (and its flat name where it differs)."""
-    meta = {"help": help, **({"flat": flat} if flat else {}), **kw}
-    return dataclasses.field(default=default, metadata=meta)
-
-
-def _number(name: str, value, *, low: float | None = None, high: float | None = None,
-            low_open: bool = False, high_open: bool = False, integer: bool = False) -> None:
-    """Raises ValueError naming ``name`` unless ``value`` is a finite number in range."""
-    ok = not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, float, np.number))
-    ok = ok and math.isfinite(value) and (not integer or int(value) == value)
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value < high if high_open else value <= high
-    if not ok:
-        kind = "an integer" if integer else "a number"
-        rng = ""
-        if low is not None and high is not None:
-            rng = f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-        elif low is not None:
-            rng = f" {'>' if low_open else '>='} {low:g}"
-        raise ValueError(f"`{name}` (={value!r}) must be {kind}{rng}.")
-
-
-def flat_name(f: dataclasses.Field) -> str:
-    """A field's flat name (its name unless the metadata gives another)."""
-    return f.metadata.get("flat", f.name)
-
-
-def _check_fields(obj) -> None:
-    """Checks every field against its metadata: ``choices``, or ``number`` (the range
-    keywords of :func:`_number`, for each element of a tuple); None means unset."""
-    for f in dataclasses.fields(obj):
-        value, name = getattr(obj, f.name), flat_name(f)
-        if isinstance(value, list):
-            value = tuple(value)
-            object.__setattr__(obj, f.name, value)
-        if value is None:
-            continue
-        if isinstance(value, tuple) and "tuple" not in str(f.type):
-            raise ValueError(f"`{name}` (={value!r}) must be one value, not a list.")
-        allowed = f.metadata.get("choices", (value,))
-        if value not in allowed:
-            raise ValueError(f"`{name}` (={value!r}) must be one of {tuple(allowed)}.")
-        for v in value if isinstance(value, tuple) else (value,):
-            if "number" in f.metadata:
-                _number(name, v, **f.metadata["number"])
+SECURE_SUMS = ("none", "secagg", "paillier")
+WIRES = ("crc", "aead")
 
 
 @dataclasses.dataclass(frozen=True)
 class WorkerSpec:
     """A worker's private training hyper-parameters (never sent to the master)."""
 
-    lr: float = _field(0.2, "learning rate alpha_k; also the threshold of Eq. (4) at t=1",
-                       number=_POSITIVE)
-    batch_size: int = _field(10, "mini-batch size", number=_COUNT)
-    local_epochs: int = _field(1, "local passes over the worker's data per global epoch",
-                               number=_COUNT)
-    optimizer: str = _field("sgd", "optax optimizer", choices=OPTIMIZERS)
-    momentum: float = _field(0.9, "momentum coefficient of the momentum optimizer",
+    lr: float = option(0.2, "learning rate alpha_k; also the threshold of Eq. (4) at t=1",
+                       number=POSITIVE)
+    batch_size: int = option(10, "mini-batch size", number=COUNT)
+    local_epochs: int = option(1, "local passes over the worker's data per global epoch",
+                               number=COUNT)
+    optimizer: str = option("sgd", "optax optimizer", choices=OPTIMIZERS)
+    momentum: float = option(0.9, "momentum coefficient of the momentum optimizer",
                              number={"low": 0, "high": 1, "high_open": True})
 
     def __post_init__(self):
-        _check_fields(self)
+        check_fields(self)
 
 
 @dataclasses.dataclass(frozen=True)
 class MasterConfig:
     """The master's public settings (Eq. 3, 5 and the wire)."""
 
-    alpha0: float = _field(0.01, "master's learning rate alpha0, Eq. (3) at t=1",
+    alpha0: float = option(0.01, "master's learning rate alpha0, Eq. (3) at t=1",
                            number={"low": 0})
-    beta: float | tuple[float, ...] = _field(
+    beta: float | tuple[float, ...] = option(
         0.2, "threshold beta_k in (0,1), Eq. (5): one value or one per worker", csv=float,
         number={"low": 0, "high": 1, "low_open": True, "high_open": True})
-    direction: int = _field(1, "sign d of Eq. (3): +1 (Appendix A) or -1 (as printed)",
+    direction: int = option(1, "sign d of Eq. (3): +1 (Appendix A) or -1 (as printed)",
                             choices=(1, -1))
-    scheme: str = _field("2bit", "ternary packing: 2bit (the paper's, 4 per byte) or base3 "
+    scheme: str = option("2bit", "ternary packing: 2bit (the paper's, 4 per byte) or base3 "
                          "(5 per byte, 20%% smaller)", choices=SCHEMES)
-    svm_c: float = _field(1.0, "admm-svm: C of 1/2 ||w||^2 + C sum hinge", number=_POSITIVE)
-    rho: float | None = _field(None, "admm-svm: the first ADMM penalty rho (default 3 for "
+    svm_c: float = option(1.0, "admm-svm: C of 1/2 ||w||^2 + C sum hinge", number=POSITIVE)
+    rho: float | None = option(None, "admm-svm: the first ADMM penalty rho (default 3 for "
                                "--split samples, 0.1 for features; then residual balancing)",
-                               number=_POSITIVE)
-    tol: float = _field(1e-4, "admm-svm: Boyd's absolute and relative tolerances; the run "
+                               number=POSITIVE)
+    tol: float = option(1e-4, "admm-svm: Boyd's absolute and relative tolerances; the run "
                         "stops once the residuals meet them (0: never)", number={"low": 0})
+    secure_sum: str = option("none", "how the master gets the sum of Eq. (3) (or ADMM's sums): "
+                             "none (each message in the clear), secagg (secure aggregation: "
+                             "the master learns only the sum), paillier (with --groups: the "
+                             "groups' sums encrypted to the top, which never holds the key)",
+                             choices=SECURE_SUMS)
 
     def __post_init__(self):
         if self.direction not in (1, -1) or isinstance(self.direction, bool):
             raise ValueError(f"`direction` (={self.direction!r}) must be +1 or -1.")
-        _check_fields(self)
+        check_fields(self)
 
     def betas(self, n_workers: int) -> np.ndarray:
         """beta as f32[N] (numpy)."""
@@ -145,29 +98,29 @@ class MasterConfig:
 class DataConfig:
     """The data set and how it is split over the workers."""
 
-    name: str | None = _field(None, "data set (default digits, bundled; synthetic-seg for "
+    name: str | None = option(None, "data set (default digits, bundled; synthetic-seg for "
                               "--model unet)", flat="data", choices=DATASETS)
-    data_dir: str | None = _field(None, "local directory of a data set that is not bundled "
+    data_dir: str | None = option(None, "local directory of a data set that is not bundled "
                                   "(cifar10: a folder with cifar-10-batches-bin or -py; "
                                   "segmentation: images/ + masks/ or ISBI tif volumes)")
-    partition: str = _field("iid", "how the data is split over the workers",
+    partition: str = option("iid", "how the data is split over the workers",
                             choices=PARTITIONS)
-    sizes: tuple[int, ...] | None = _field(None, "worker sizes for --partition sizes",
-                                           csv=int, number=_COUNT)
-    dirichlet_alpha: float = _field(0.5, "Dirichlet concentration of the dirichlet "
-                                    "partitions (smaller = more skewed)", number=_POSITIVE)
-    augment: bool | None = _field(None, "random crop and flip of training images (default: "
+    sizes: tuple[int, ...] | None = option(None, "worker sizes for --partition sizes",
+                                           csv=int, number=COUNT)
+    dirichlet_alpha: float = option(0.5, "Dirichlet concentration of the dirichlet "
+                                    "partitions (smaller = more skewed)", number=POSITIVE)
+    augment: bool | None = option(None, "random crop and flip of training images (default: "
                                   "on for cifar10)")
-    image_size: tuple[int, int] | None = _field(None, "segmentation: resize images and masks "
-                                                "to H,W", csv=int, number=_COUNT)
-    tile: int | None = _field(None, "segmentation: cut images into TxT tiles", number=_COUNT)
-    split: str = _field("samples", "admm-svm: each worker holds rows (samples) or a block of "
+    image_size: tuple[int, int] | None = option(None, "segmentation: resize images and masks "
+                                                "to H,W", csv=int, number=COUNT)
+    tile: int | None = option(None, "segmentation: cut images into TxT tiles", number=COUNT)
+    split: str = option("samples", "admm-svm: each worker holds rows (samples) or a block of "
                         "columns of the same rows (features)", choices=SPLITS)
-    standardize: bool | None = _field(None, "scale features by the training set's mean and "
+    standardize: bool | None = option(None, "scale features by the training set's mean and "
                                       "std (default: on for breast-cancer, off for libsvm)")
 
     def __post_init__(self):
-        _check_fields(self)
+        check_fields(self)
         if self.image_size is not None and len(self.image_size) != 2:
             raise ValueError(f"`image_size` (={self.image_size}) must be two sizes H,W.")
         if (self.image_size is not None or self.tile is not None) and (
@@ -191,12 +144,12 @@ class DataConfig:
 class ModelConfig:
     """The model."""
 
-    name: str = _field("mlp", "model", flat="model", choices=MODELS)
-    width: int | None = _field(None, "U-Net base width (default 64, the classic U-Net; 8 on "
-                               "synthetic-seg)", number=_COUNT)
+    name: str = option("mlp", "model", flat="model", choices=MODELS)
+    width: int | None = option(None, "U-Net base width (default 64, the classic U-Net; 8 on "
+                               "synthetic-seg)", number=COUNT)
 
     def __post_init__(self):
-        _check_fields(self)
+        check_fields(self)
         if self.width is not None and self.name != "unet":
             raise ValueError(f"`width` (={self.width}) applies to `model='unet'` only.")
 
@@ -205,14 +158,14 @@ class ModelConfig:
 class WorkersConfig:
     """The N workers and their private specs."""
 
-    count: int = _field(5, "number of workers N", flat="workers", number=_COUNT)
-    specs: tuple[WorkerSpec, ...] | None = _field(
+    count: int = option(5, "number of workers N", flat="workers", number=COUNT)
+    specs: tuple[WorkerSpec, ...] | None = option(
         None, "one private spec per worker (config files only)", flat="worker_specs")
-    default: WorkerSpec = _field(WorkerSpec(), "the spec of workers not given one",
+    default: WorkerSpec = option(WorkerSpec(), "the spec of workers not given one",
                                  flat="default_worker")
 
     def __post_init__(self):
-        _check_fields(self)
+        check_fields(self)
         if self.specs is not None:
             if len(self.specs) != self.count:
                 raise ValueError(f"{len(self.specs)} worker specs for `workers` "
@@ -228,39 +181,44 @@ class WorkersConfig:
 class RunSettings:
     """How the run goes: algorithm, epochs, seed, backend and the timing model."""
 
-    algorithm: str = _field("fedf", "fedf, or a baseline on the same data, model and run log: "
+    algorithm: str = option("fedf", "fedf, or a baseline on the same data, model and run log: "
                             "fedavg (example-weighted model averaging), phong (the model "
                             "visits the workers in turn), terngrad (synchronous SGD with "
                             "stochastic ternary gradients), central (one worker holding all "
                             "the data); or admm-svm (a linear SVM by ADMM, rows or columns "
                             "split, see --split)", choices=ALGORITHMS)
-    epochs: int = _field(30, "global epochs", number=_COUNT)
-    seed: int = _field(0, "root seed of the run", number={"low": 0, "integer": True})
-    fraction: float = _field(1.0, "fedavg: fraction C of the workers sampled each round",
+    epochs: int = option(30, "global epochs", number=COUNT)
+    seed: int = option(0, "root seed of the run", number={"low": 0, "integer": True})
+    fraction: float = option(1.0, "fedavg: fraction C of the workers sampled each round",
                              number={"low": 0, "high": 1, "low_open": True})
-    backend: str = _field("vmap", "vmap: all workers batched on one device; sharded: workers "
+    backend: str = option("vmap", "vmap: all workers batched on one device; sharded: workers "
                           "spread over the local devices with shard_map", choices=BACKENDS)
-    devices: int | None = _field(None, "with --backend sharded: use the first K local "
-                                 "devices (default all)", number=_COUNT)
-    scan_epochs: int = _field(1, "run E epochs per jitted call (one lax.scan; same run log, "
-                              "fewer host round trips)", metavar="E", number=_COUNT)
-    groups: int = _field(1, "two levels: the workers in G groups (contiguous blocks), each "
-                         "with a group master under one top master", number=_COUNT)
-    group_epochs: int = _field(1, "two levels: inner epochs of each group per outer epoch",
-                               metavar="K", number=_COUNT)
-    group_workers: tuple[tuple[int, ...], ...] | None = _field(
+    devices: int | None = option(None, "with --backend sharded: use the first K local "
+                                 "devices (default all)", number=COUNT)
+    scan_epochs: int = option(1, "run E epochs per jitted call (one lax.scan; same run log, "
+                              "fewer host round trips)", metavar="E", number=COUNT)
+    groups: int = option(1, "two levels: the workers in G groups (contiguous blocks), each "
+                         "with a group master under one top master", number=COUNT)
+    group_epochs: int = option(1, "two levels: inner epochs of each group per outer epoch",
+                               metavar="K", number=COUNT)
+    group_workers: tuple[tuple[int, ...], ...] | None = option(
         None, "each group's workers (config files only; default contiguous blocks)")
-    bandwidth: float = _field(125e6, "master link in bytes/s for the timing model (with "
-                              "--groups: the top master's wide-area link)", number=_POSITIVE)
-    latency: float = _field(1e-3, "seconds per message round in the timing model",
-                            number=_POSITIVE)
-    group_bandwidth: float = _field(1.25e9, "with --groups: a group master's local link in "
-                                    "bytes/s for the timing model", number=_POSITIVE)
-    group_latency: float = _field(1e-4, "with --groups: seconds per message round on a "
-                                  "group's local link", number=_POSITIVE)
+    bandwidth: float = option(125e6, "master link in bytes/s for the timing model (with "
+                              "--groups: the top master's wide-area link)", number=POSITIVE)
+    latency: float = option(1e-3, "seconds per message round in the timing model",
+                            number=POSITIVE)
+    group_bandwidth: float = option(1.25e9, "with --groups: a group master's local link in "
+                                    "bytes/s for the timing model", number=POSITIVE)
+    group_latency: float = option(1e-4, "with --groups: seconds per message round on a "
+                                  "group's local link", number=POSITIVE)
+    wire: str = option("crc", "fedf train: frames checked by their CRC32 (crc) or sealed with "
+                       "AES-GCM per link and direction (aead)", choices=WIRES)
+    key_file: str | None = option(None, "fedf train --wire aead: a file of 32 bytes (or 64 "
+                                  "hex digits) shared by every rank, instead of X25519 key "
+                                  "agreement at start-up")
 
     def __post_init__(self):
-        _check_fields(self)
+        check_fields(self)
 
 
 SECTIONS = {"run": RunSettings, "data": DataConfig, "model": ModelConfig,
@@ -306,6 +264,14 @@ class RunConfig:
         if run.groups > 1 and run.fraction < 1:
             raise ValueError(f"`fraction` (={run.fraction}) applies to one level; with "
                              f"`groups` (={run.groups}) every worker takes part.")
+        if self.master.secure_sum == "paillier" and run.groups < 2:
+            raise ValueError("`secure_sum='paillier'` encrypts the groups' sums to the top: it "
+                             f"needs `groups` >= 2 (got {run.groups}).")
+        if self.master.secure_sum != "none" and run.algorithm not in ("fedf", "admm-svm"):
+            raise ValueError(f"`secure_sum` (={self.master.secure_sum!r}) applies to fedf and "
+                             f"admm-svm, not {run.algorithm!r}.")
+        if run.key_file is not None and run.wire != "aead":
+            raise ValueError(f"`key_file` (={run.key_file!r}) needs `wire='aead'`.")
         if data.split == "features" and (run.algorithm != "admm-svm" or run.groups > 1):
             raise ValueError("`split='features'` applies to `algorithm='admm-svm'` with one "
                              f"level (got algorithm {run.algorithm!r}, groups {run.groups}).")
