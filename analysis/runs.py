@@ -27,11 +27,11 @@ import numpy as np
 from fedf_jax import runlog
 
 LOG_NAME = "run.jsonl"
-ALGORITHMS = ("fedf", "fedavg", "phong", "terngrad", "central")
+ALGORITHMS = ("fedf", "fedavg", "phong", "terngrad", "central", "admm-svm")
 CENTRAL = "Centralized"
 # Table order: the reference first (as in the paper's Table 2), then FEDF, then baselines.
 LABEL_ORDER = (CENTRAL, "FEDF (d=+1)", "FEDF (d=-1)", "FedAvg", "FedAvg (C=", "Phong et al.",
-               "TernGrad")
+               "TernGrad", "ADMM linear SVM")
 # Runs of one group differ in these config fields only: the seed is what is aggregated over.
 SEED_KEYS = ("seed",)
 # Fields that describe only the FEDF split a centralized run was made beside: centralized
@@ -53,7 +53,11 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "standardize": None, "svm_c": 1.0, "rho": None, "tol": 1e-4,
     "group_bandwidth": 1.25e9, "group_latency": 1e-4,
     # the secure layers
-    "secure_sum": "none", "wire": "crc", "key_file": None,
+    "secure_sum": "none", "paillier_bits": 2048, "wire": "crc", "key_file": None,
+    # asynchronous top level, streaming workers, synthetic data
+    "schedule": "sync", "speeds": None, "staleness": None, "stale_policy": "wait",
+    "staleness_fn": "constant", "buffer": 1, "mixing": 1.0, "unit_seconds": None,
+    "worker_chunk": None, "num_samples": None, "prox": None,
 }
 # Fields shown in the report's own columns (data, model, method, N): never in a variant.
 SHOWN_KEYS = ("data", "model", "algorithm", "direction", "fraction", "workers")
@@ -159,7 +163,8 @@ def label(config: dict[str, Any], path: str | Path = "config") -> str:
         if not isinstance(c, (int, float)) or not 0 < c <= 1:
             raise ValueError(f"{path}: `fraction` (={c!r}) must be a number in (0, 1].")
         return "FedAvg" if c >= 1 else f"FedAvg (C={c:g})"
-    return {"phong": "Phong et al.", "terngrad": "TernGrad", "central": CENTRAL}[algo]
+    return {"phong": "Phong et al.", "terngrad": "TernGrad", "central": CENTRAL,
+            "admm-svm": "ADMM linear SVM"}[algo]
 
 
 def _last_line(path: Path) -> str:

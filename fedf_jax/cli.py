@@ -57,11 +57,15 @@ Any error on any rank ends the whole job (MPI_Abort) with a message naming the r
 # Sections of the run flags in --help, and the fields each shows.
 _GROUPS = (("federation", ("run", "master", "workers"),
             ("algorithm", "fraction", "workers", "epochs", "alpha0", "beta", "direction",
-             "scheme", "seed", "groups", "group_epochs", "secure_sum")),
-           ("ADMM linear SVM (--algorithm admm-svm)", ("master",), ("svm_c", "rho", "tol")),
+             "scheme", "seed", "groups", "group_epochs", "secure_sum", "paillier_bits")),
+           ("ADMM linear SVM (--algorithm admm-svm)", ("master",),
+            ("svm_c", "rho", "tol", "prox")),
            ("model and data", ("model", "data"), None),
            ("run", ("run",), ("bandwidth", "latency", "group_bandwidth", "group_latency",
-                              "backend", "devices", "scan_epochs")),
+                              "backend", "devices", "scan_epochs", "worker_chunk")),
+           ("asynchronous top level (--schedule async)", ("run",),
+            ("schedule", "speeds", "staleness", "stale_policy", "staleness_fn", "buffer",
+             "mixing", "unit_seconds")),
            ("wire (fedf train)", ("run",), ("wire", "key_file")))
 _FILE_ONLY = ("worker_specs", "default_worker", "group_workers")
 
@@ -297,6 +301,11 @@ def simulate(args: argparse.Namespace) -> int:
             "admm-svm": f"{cfg.data.split} split, C = {m.svm_c:g}, tol {m.tol:g}"}[alg]
     if run.groups > 1:
         what += f", {run.groups} groups x {run.group_epochs} inner epoch(s)"
+    asy = run.schedule == "async"
+    if asy:
+        bound = "unbounded" if run.staleness is None else f"<= {run.staleness}"
+        what += (f", asynchronous top (buffer {run.buffer}, staleness {bound}, "
+                 f"{run.stale_policy}, speeds {run.speeds or 'all 1'})")
     where = (f"{run.backend} backend on "
              f"{run.devices or (len(jax.local_devices()) if run.backend == 'sharded' else 1)} "
              f"{jax.devices()[0].platform.upper()} device(s)")
@@ -305,8 +314,8 @@ def simulate(args: argparse.Namespace) -> int:
         model = f"linear SVM with {k} x {int(np.prod(host.dataset.input_shape)) + 1} weights"
     else:
         model = f"{cfg.model.name.upper()} with {host.model.num_params:,} parameters"
-    say(f"{algorithms.NAMES[alg]} on {cfg.data.name}: {who}, {model}, {run.epochs} epochs, "
-        f"{what}, {where}")
+    say(f"{algorithms.NAMES[alg]} on {cfg.data.name}: {who}, {model}, {run.epochs} "
+        f"{'updates' if asy else 'epochs'}, {what}, {where}")
     ticker = _Ticker(say) if not args.quiet else None
 
     svm = alg == "admm-svm"
@@ -318,19 +327,29 @@ def simulate(args: argparse.Namespace) -> int:
         middle = (f"{'objective':>11} {'primal r':>9} {'dual s':>9}" if svm else
                   f"{'pilot':>5} {'test acc':>8} {'test loss':>9}")
         say(f"{'epoch':>5} {middle} {'test acc' if svm else '':>8} {'bytes':>12} "
-            f"{'' if svm else 'nonzero':>7} {'wall s':>7}".replace("  ", " ", 1), flush=True)
+            f"{'' if svm else 'nonzero':>7} {'wall s':>7}".replace("  ", " ", 1)
+            + (f" {'clock s':>8}  senders:staleness" if asy else ""), flush=True)
+
+    def clock(rec):
+        if not asy:
+            return ""
+        who = " ".join(f"{k}:{t}" for k, t in zip(rec["senders"], rec["staleness"],
+                                                 strict=True))
+        gone = f" (dropped {len(rec['stale_dropped'])})" if rec["stale_dropped"] else ""
+        return f" {rec['clock_s']:>8.3f}  {who}{gone}"
 
     def row(rec):
         if svm:
             say(f"{rec['epoch']:>5} {rec['objective']:>11.5g} "
                 f"{max(rec['primal_residual']):>9.3g} {max(rec['dual_residual']):>9.3g} "
                 f"{rec['test_accuracy']:>8.4f} {rec['bytes_total']:>12,} {'':>7} "
-                f"{rec['wall_s']:>7.3f}", flush=True)
+                f"{rec['wall_s']:>7.3f}{clock(rec)}", flush=True)
             return
         nz = rec["ternary_nonzero_fraction"]
         say(f"{rec['epoch']:>5} {rec['pilot'] if rec['pilot'] >= 0 else '-':>5} "
             f"{rec['test_accuracy']:>8.4f} {rec['test_loss']:>9.4f} {rec['bytes_total']:>12,} "
-            f"{f'{100 * nz:.1f}%' if nz == nz else '-':>7} {rec['wall_s']:>7.3f}", flush=True)
+            f"{f'{100 * nz:.1f}%' if nz == nz else '-':>7} {rec['wall_s']:>7.3f}{clock(rec)}",
+            flush=True)
 
     try:
         result = simulation.run(cfg, out, on_epoch=row, on_start=start, host=host)
@@ -345,7 +364,12 @@ def simulate(args: argparse.Namespace) -> int:
         central = simulation.run(cfg.replace(algorithm="central", backend="vmap"), host=host)
         print(f"centralized accuracy  {central['final_test_accuracy']:.4f} (same model, data "
               f"and loop, one worker with all {len(host.union)} samples)")
-    if alg == "fedf":
+    if asy and not svm:
+        print(f"bytes                 {_fmt_bytes(result['bytes_total'])} in all; "
+              f"{_fmt_bytes(result['bytes_per_epoch'])} per update")
+        print(f"virtual clock         {result['records'][-1]['clock_s']:.3f} s for "
+              f"{len(result['records'])} updates")
+    elif alg == "fedf":
         print(_eq8_line(result, cfg.master.scheme))
     elif svm:
         last = result["records"][-1]

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from fedf_jax import config_rules
 from fedf_jax.config_fields import COUNT, POSITIVE, check_fields, flat_name, option
 from fedf_jax.data import DATASETS, PARTITIONS
 
@@ -34,6 +35,9 @@ ALGORITHMS = ("fedf", "fedavg", "phong", "terngrad", "central", "admm-svm")
 GROUPED = ("fedf", "fedavg", "admm-svm")  # the algorithms that run in groups (--groups)
 SPLITS = ("samples", "features")
 SECURE_SUMS = ("none", "secagg", "paillier")
+SCHEDULES = ("sync", "async")
+STALENESS_FNS = ("constant", "polynomial", "hinge")
+STALE_POLICIES = ("wait", "drop")
 WIRES = ("crc", "aead")
 
 
@@ -73,11 +77,17 @@ class MasterConfig:
                                number=POSITIVE)
     tol: float = option(1e-4, "admm-svm: Boyd's absolute and relative tolerances; the run "
                         "stops once the residuals meet them (0: never)", number={"low": 0})
+    prox: float | None = option(None, "admm-svm --schedule async: the master's proximal "
+                                "weight gamma on ||z - z_prev||^2 (Chang et al. 2016; default "
+                                "rho n (n/A - 1 + tau) for n senders, A = --buffer, tau = "
+                                "--staleness or n/A)", number={"low": 0})
     secure_sum: str = option("none", "how the master gets the sum of Eq. (3) (or ADMM's sums): "
                              "none (each message in the clear), secagg (secure aggregation: "
                              "the master learns only the sum), paillier (with --groups: the "
                              "groups' sums encrypted to the top, which never holds the key)",
                              choices=SECURE_SUMS)
+    paillier_bits: int = option(2048, "bits of the Paillier modulus n (--secure-sum paillier)",
+                                number={"low": 512, "integer": True})
 
     def __post_init__(self):
         if self.direction not in (1, -1) or isinstance(self.direction, bool):
@@ -116,6 +126,8 @@ class DataConfig:
     tile: int | None = option(None, "segmentation: cut images into TxT tiles", number=COUNT)
     split: str = option("samples", "admm-svm: each worker holds rows (samples) or a block of "
                         "columns of the same rows (features)", choices=SPLITS)
+    num_samples: int | None = option(None, "data synthetic: training samples to generate "
+                                     "(default 10 per worker, at least 2000)", number=COUNT)
     standardize: bool | None = option(None, "scale features by the training set's mean and "
                                       "std (default: on for breast-cancer, off for libsvm)")
 
@@ -128,6 +140,10 @@ class DataConfig:
             raise ValueError("`image_size` and `tile` apply to `data='segmentation'` only.")
         if self.partition == "sizes" and self.sizes is None:
             raise ValueError("`partition='sizes'` needs `sizes` (one per worker).")
+        if self.num_samples is not None and self.name != "synthetic":
+            raise ValueError(f"`num_samples` (={self.num_samples}) applies to "
+                             f"`data='synthetic'` only (got data {self.name!r}); drop it "
+                             "or use --data synthetic.")
 
 
     @property
@@ -135,6 +151,8 @@ class DataConfig:
         """Keyword arguments of the data set's loader."""
         if self.name == "segmentation":
             return {"size": self.image_size, "tile": self.tile}
+        if self.name == "synthetic":  # None: harness.load's default from the workers
+            return {"num_samples": self.num_samples}
         if self.name in ("libsvm", "breast-cancer") and self.standardize is not None:
             return {"standardize": self.standardize}
         return {}
@@ -197,6 +215,9 @@ class RunSettings:
                                  "devices (default all)", number=COUNT)
     scan_epochs: int = option(1, "run E epochs per jitted call (one lax.scan; same run log, "
                               "fewer host round trips)", metavar="E", number=COUNT)
+    worker_chunk: int | None = option(None, "train the workers K at a time inside the jitted "
+                                      "epoch (memory O(K M), the same pilots and model; "
+                                      "default all at once)", metavar="K", number=COUNT)
     groups: int = option(1, "two levels: the workers in G groups (contiguous blocks), each "
                          "with a group master under one top master", number=COUNT)
     group_epochs: int = option(1, "two levels: inner epochs of each group per outer epoch",
@@ -211,6 +232,27 @@ class RunSettings:
                                     "bytes/s for the timing model", number=POSITIVE)
     group_latency: float = option(1e-4, "with --groups: seconds per message round on a "
                                   "group's local link", number=POSITIVE)
+    schedule: str = option("sync", "sync: every sender (flat worker, or group with --groups) "
+                           "in every top update; async: the top applies updates as they "
+                           "arrive on a virtual clock", choices=SCHEDULES)
+    speeds: str | None = option(None, "async: each sender's relative compute time, "
+                                "comma-separated (1,1,4), or lognormal:SIGMA (seeded)")
+    staleness: int | None = option(None, "async: the most top updates an applied update may "
+                                   "lag (0: the synchronous run; default unbounded)",
+                                   number={"low": 0, "integer": True})
+    stale_policy: str = option("wait", "async: wait (the top holds its update until no "
+                               "sender would exceed --staleness) or drop (staler arrivals "
+                               "are dropped and logged)", choices=STALE_POLICIES)
+    staleness_fn: str = option("constant", "async: the weight s(tau) of an update tau top "
+                               "updates stale (FedAsync)", choices=STALENESS_FNS)
+    buffer: int = option(1, "async: arrivals per top update (FedBuff; 1: FedAsync); "
+                         "admm-svm: arrivals per z-update (partial barrier)", number=COUNT)
+    mixing: float = option(1.0, "async: the top's step alpha on an arrival's change",
+                           number={"low": 0, "high": 1, "low_open": True})
+    unit_seconds: float | None = option(None, "async: seconds per unit of work on the "
+                                        "virtual clock (3 per trained sample, 1 per cost-pass "
+                                        "sample; default 2M/1e9: 1 GFLOP/s on M parameters)",
+                                        number=POSITIVE)
     wire: str = option("crc", "fedf train: frames checked by their CRC32 (crc) or sealed with "
                        "AES-GCM per link and direction (aead)", choices=WIRES)
     key_file: str | None = option(None, "fedf train --wire aead: a file of 32 bytes (or 64 "
@@ -236,45 +278,13 @@ class RunConfig:
     workers: WorkersConfig = WorkersConfig()
 
     def __post_init__(self):
-        data, model, run, n = self.data, self.model, self.run, self.workers.count
+        data, model = self.data, self.model
         if data.name is None:  # the default data set follows the model
             data = dataclasses.replace(data, name=_default_data(model.name))
         if data.augment is None:
             data = dataclasses.replace(data, augment=data.name == "cifar10")
         object.__setattr__(self, "data", data)
-        if data.standardize is not None and data.name not in ("libsvm", "breast-cancer"):
-            raise ValueError(f"`standardize` applies to data 'libsvm' and 'breast-cancer' "
-                             f"(got data {data.name!r}).")
-        if data.partition == "sizes" and len(data.sizes) != n:
-            raise ValueError(f"`partition='sizes'` needs `sizes` with {n} values, "
-                             f"got {list(data.sizes)}.")
-        if data.sizes is not None and data.partition != "sizes":
-            raise ValueError(f"`sizes` applies to `partition='sizes'` (got partition "
-                             f"{data.partition!r}).")
-        self.master.betas(n)  # one beta or one per worker
-        if run.devices is not None and run.backend != "sharded":
-            raise ValueError(f"`devices` (={run.devices}) needs `backend='sharded'`.")
-        if run.fraction < 1 and run.algorithm != "fedavg":
-            raise ValueError(f"`fraction` (={run.fraction}) applies to "
-                             "`algorithm='fedavg'` only.")
-        if run.algorithm != "fedf" and run.backend != "vmap":
-            raise ValueError(f"`backend` (={run.backend!r}) applies to `algorithm='fedf'`; "
-                             f"the {run.algorithm} baseline runs on the vmap backend.")
-        self.group_workers()  # checks --groups against the workers
-        if run.groups > 1 and run.fraction < 1:
-            raise ValueError(f"`fraction` (={run.fraction}) applies to one level; with "
-                             f"`groups` (={run.groups}) every worker takes part.")
-        if self.master.secure_sum == "paillier" and run.groups < 2:
-            raise ValueError("`secure_sum='paillier'` encrypts the groups' sums to the top: it "
-                             f"needs `groups` >= 2 (got {run.groups}).")
-        if self.master.secure_sum != "none" and run.algorithm not in ("fedf", "admm-svm"):
-            raise ValueError(f"`secure_sum` (={self.master.secure_sum!r}) applies to fedf and "
-                             f"admm-svm, not {run.algorithm!r}.")
-        if run.key_file is not None and run.wire != "aead":
-            raise ValueError(f"`key_file` (={run.key_file!r}) needs `wire='aead'`.")
-        if data.split == "features" and (run.algorithm != "admm-svm" or run.groups > 1):
-            raise ValueError("`split='features'` applies to `algorithm='admm-svm'` with one "
-                             f"level (got algorithm {run.algorithm!r}, groups {run.groups}).")
+        config_rules.check(self)
 
     @property
     def n_workers(self) -> int:

@@ -48,6 +48,8 @@ class Algorithm(NamedTuple):
       params: ``state -> f32[M]``, the global model.
       devices: the devices it runs on (for the run-log header).
       num_params: M, the length of the global model.
+      runner: ``(state, epochs) -> Runner``: a loop of its own on the host instead of
+        ``step`` (the asynchronous top level); None for a jitted ``step``.
     """
 
     init: Callable[[], Any]
@@ -57,6 +59,7 @@ class Algorithm(NamedTuple):
     params: Callable[[Any], jax.Array]
     devices: list[str]
     num_params: int
+    runner: Callable[[Any, int], Any] | None = None
 
 
 class Host(NamedTuple):
@@ -102,10 +105,21 @@ def partition_workers(cfg: RunConfig, ds: Dataset) -> list[np.ndarray]:
                      sizes=cfg.data.sizes, alpha=cfg.data.dirichlet_alpha)
 
 
+def data_options(cfg: RunConfig) -> dict[str, Any]:
+    """The data set loader's keyword arguments: the config's, with synthetic data's
+    sample count defaulting to 10 per worker, at least 2000."""
+    opts = dict(cfg.data.options)
+    if cfg.data.name == "synthetic" and opts.get("num_samples") is None:
+        from fedf_jax.data.synthetic import default_num_samples
+
+        opts["num_samples"] = default_num_samples(cfg.n_workers)
+    return opts
+
+
 def load(cfg: RunConfig) -> Host:
     """Loads the data, partitions it over the workers and builds the model and P^0 (no
     model for admm-svm: its model is the SVM's weights)."""
-    ds = load_dataset(cfg.data.name, cfg.data.data_dir, **cfg.data.options)
+    ds = load_dataset(cfg.data.name, cfg.data.data_dir, **data_options(cfg))
     parts = partition_workers(cfg, ds)
     if cfg.run.algorithm == "admm-svm":
         return Host(cfg, ds, parts, None, None)
@@ -155,7 +169,10 @@ def scan(step: Callable, n: int) -> Callable:
 
 def compile_runner(alg: Algorithm, state, epochs: int, scan_epochs: int = 1) -> Runner:
     """Compiles ``alg.step`` (and a ``lax.scan`` of ``scan_epochs`` of them) ahead of
-    epoch 1 for exactly the call sizes the loop will use."""
+    epoch 1 for exactly the call sizes the loop will use (or the algorithm's own
+    ``runner``)."""
+    if alg.runner is not None:
+        return alg.runner(state, epochs)
     compiler = Compiler()
     chunk = max(1, min(scan_epochs, epochs))
     fns = {}
@@ -332,5 +349,6 @@ def execute(cfg: RunConfig, runner: Runner, state, record: Callable, params: Cal
             logfile.close()
 
 
-__all__ = ["Algorithm", "Host", "Runner", "Compiler", "Watch", "load", "partition_workers",
-           "scan", "compile_runner", "drive", "summarize", "header", "finish", "execute"]
+__all__ = ["Algorithm", "Host", "Runner", "Compiler", "Watch", "data_options", "load",
+           "partition_workers", "scan", "compile_runner", "drive", "summarize", "header",
+           "finish", "execute"]

@@ -25,7 +25,7 @@ import numpy as np
 
 from fedf_jax import keys, worker
 from fedf_jax.config import WorkerSpec
-from fedf_jax.data import stack_workers
+from fedf_jax.data import WorkerData, stack_workers
 from fedf_jax.models import Model
 
 EVAL_CHUNK = 2048  # rows per forward pass of the cost and test passes
@@ -256,6 +256,7 @@ def build_groups(specs: Sequence[WorkerSpec], x: np.ndarray, y: np.ndarray,
         data = place(flat, stack_workers(x, y, parts), specs, betas, x_test, y_test,
                      train_key, host)
         per, where, lay = [data], np.arange(n)[None], flat
+        samples = [(cd.x[None], cd.y[None]) for cd in data.cohorts]
     else:
         kinds = [c.kind for c in flat.cohorts]
         width = [max(sum(specs[k].optimizer == kind for k in g) for g in groups)
@@ -273,28 +274,49 @@ def build_groups(specs: Sequence[WorkerSpec], x: np.ndarray, y: np.ndarray,
             g_specs = [specs[k] if k >= 0 else WorkerSpec(lr=1.0, batch_size=1,
                                                           optimizer=kind_of[p])
                        for p, k in enumerate(where[gi])]
-            g_parts = [parts[k] if k >= 0 else np.zeros(0, np.int64) for k in where[gi]]
             lay = Layout(tuple(Cohort(kind, tuple(range(starts[c], starts[c + 1])),
                                       tuple(int(i) for i in ids[starts[c]:starts[c + 1]]),
                                       flat.cohorts[c].shapes, width[c])
                                for c, kind in enumerate(kinds)),
                          int(starts[-1]), flat.test_chunk)
-            per.append(place(lay, stack_workers(x, y, g_parts), g_specs,
+            g_sizes = np.where(real, sizes[np.maximum(where[gi], 0)], 0).astype(np.int32)
+            no_samples = WorkerData(np.zeros((len(real), 0, *x.shape[1:]), np.float32),
+                                    np.zeros((len(real), 0, *y.shape[1:]), np.int32), g_sizes)
+            per.append(place(lay, no_samples, g_specs,  # the samples: below, stacked once
                              np.where(real, betas[np.maximum(where[gi], 0)], 0.5),
                              x_test, y_test, train_key, host))
+        samples = _group_samples(x, y, parts, where, lay)
     cohorts = []
-    for c in range(len(lay.cohorts)):  # pad every group's samples to the longest, stack
-        s_max = max(d.cohorts[c].x.shape[1] for d in per)
-        padded = [d.cohorts[c]._replace(
-            x=np.pad(d.cohorts[c].x, [(0, 0), (0, s_max - d.cohorts[c].x.shape[1])]
-                     + [(0, 0)] * (d.cohorts[c].x.ndim - 2)),
-            y=np.pad(d.cohorts[c].y, [(0, 0), (0, s_max - d.cohorts[c].y.shape[1])]
-                     + [(0, 0)] * (d.cohorts[c].y.ndim - 2))) for d in per]
-        cohorts.append(jax.tree.map(lambda *a: jnp.asarray(np.stack(a)), *padded))
+    for c, (xs, ys) in enumerate(samples):  # the other fields are one row per position
+        stacked = jax.tree.map(lambda *a: jnp.asarray(np.stack(a)),
+                               *[d.cohorts[c]._replace(x=None, y=None) for d in per])
+        cohorts.append(stacked._replace(x=jnp.asarray(xs), y=jnp.asarray(ys)))
     data = Data(tuple(cohorts), jnp.asarray(np.stack([d.sizes for d in per])),
                 jnp.asarray(np.stack([d.betas for d in per])), jnp.asarray(per[0].x_test),
                 jnp.asarray(per[0].y_test), train_key)
     return Groups(lay, data, where, sizes)
+
+
+def _group_samples(x: np.ndarray, y: np.ndarray, parts: Sequence[np.ndarray],
+                   where: np.ndarray, lay: Layout) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each cohort's samples at every group position, (x f32[G, R_c, S_c, ...], y), padded
+    with zeros to the cohort's largest worker (``S_c``, at least 1): the data gathered
+    once for all groups, no copy per group.
+
+    Args:
+      where: i64[G, R] the global worker at each group position (-1: padding).
+    """
+    empty = np.zeros(0, np.int64)
+    wd = stack_workers(x, y, [parts[k] if k >= 0 else empty for k in where.ravel()])
+    sizes = wd.sizes.reshape(where.shape)
+    xs = wd.x.reshape(*where.shape, *wd.x.shape[1:])
+    ys = wd.y.reshape(*where.shape, *wd.y.shape[1:])
+    out = []
+    for c in lay.cohorts:
+        cols = slice(c.rows[0], c.rows[-1] + 1)  # a group layout's cohorts are contiguous
+        s_c = max(int(sizes[:, cols].max()), 1)
+        out.append((xs[:, cols, :s_c], ys[:, cols, :s_c]))
+    return out
 
 
 def init_opt_states(layout: Layout, data: Data, p0: jax.Array) -> tuple:

@@ -68,8 +68,36 @@ def update(state: MasterState, sel: Selection, costs: ArrayLike, q_pilot: ArrayL
     p_new = protocol.unpack_update(
         q_pilot, packed, sizes, sel.pilot, state.p_prev, state.p_prev2, cfg.alpha0, betas,
         state.epoch, direction=cfg.direction, scheme=cfg.scheme, mask=sel.valid)
+    return _advance(state, sel, costs, p_new)
+
+
+def _advance(state: MasterState, sel: Selection, costs: ArrayLike, p_new: jax.Array
+             ) -> MasterState:
+    """The master before epoch t + 1: P^t (P^{t-1} again when no pilot was usable)."""
     p_new = jnp.where(sel.pilot >= 0, p_new, state.p_prev)
     return MasterState(p_new, state.p_prev, jnp.asarray(costs, jnp.float32), state.epoch + 1)
 
 
-__all__ = ["MasterConfig", "MasterState", "Selection", "init", "select", "update"]
+def apply_total(state: MasterState, sel: Selection, costs: ArrayLike, q_pilot: ArrayLike,
+                total: ArrayLike, c: ArrayLike, cfg: MasterConfig) -> MasterState:
+    """Eq. (3) from the vote sum ``total`` = sum_{k != k*} w_k T_k and its scale ``c``
+    (``protocol.update_weights``), e.g. the sum a secure aggregation returns: the master
+    never sees a single ternary. As :func:`update` otherwise."""
+    p_new = protocol.apply_votes(q_pilot, total, c, state.p_prev, state.p_prev2, state.epoch,
+                                 cfg.direction)
+    return _advance(state, sel, costs, p_new)
+
+
+def apply_lanes(state: MasterState, sel: Selection, costs: ArrayLike, q_pilot: ArrayLike,
+                lanes: tuple[jax.Array, ...], c: ArrayLike, cfg: MasterConfig) -> MasterState:
+    """Eq. (3) from the vote sum sum_{k != k*} w_k T_k in the codec's lanes
+    (``protocol.vote_lanes``), e.g. a streamed epoch's running sum (``--worker-chunk``):
+    the last loop of :func:`update`'s fused kernel, so the same P^t from the same sum.
+    As :func:`update` otherwise."""
+    p_new = protocol.apply_lanes(q_pilot, lanes, c, state.p_prev, state.p_prev2, state.epoch,
+                                 cfg.direction)
+    return _advance(state, sel, costs, p_new)
+
+
+__all__ = ["MasterConfig", "MasterState", "Selection", "init", "select", "update",
+           "apply_total", "apply_lanes"]

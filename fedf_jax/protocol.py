@@ -115,31 +115,44 @@ def ternary_direction(ternary: ArrayLike, p_prev: ArrayLike, p_prev2: ArrayLike,
 
 
 def update_weights(sizes: ArrayLike, pilot: ArrayLike, alpha0: ArrayLike, beta: ArrayLike,
-                   epoch: ArrayLike, mask: ArrayLike | None = None) -> jax.Array:
-    """Per-worker coefficients of the ternaries in Eq. (3).
+                   epoch: ArrayLike, mask: ArrayLike | None = None
+                   ) -> tuple[jax.Array, jax.Array]:
+    """Eq. (3)'s coefficients as integer weights and one scale: the vote term is
+    ``c sum_k w_k T_k``.
 
-    ``alpha0 p_k`` at t = 1 and ``p_k beta_k`` after, with ``p_k = S_k / S`` over all
-    N workers; 0 for the pilot and for workers whose ternary is dropped (``mask``).
+    ``w_k = S_k`` at t = 1 and ``S_k beta_k / beta_0`` after (0 for the pilot and for
+    workers whose ternary is dropped, ``mask``); ``c = alpha0 / S`` at t = 1 and
+    ``beta_0 / S`` after, with ``S`` the sum over all N workers, so that
+    ``c w_k = alpha0 p_k`` or ``p_k beta_k``. With one beta for every worker, ``w_k = S_k``:
+    the vote sum ``sum_k S_k T_k`` is an integer, exact in float32 up to 2^24 samples, and
+    it is exactly the sum a secure aggregation hands the master (``fedf_jax.secure``);
+    scaling it once keeps the plain and the secure master bit for bit equal.
 
     Returns:
-      f32[N].
+      (w f32[N], c f32[]).
     """
     sizes = jnp.asarray(sizes, _f32)
     n = sizes.shape[0]
-    p = sizes / jnp.sum(sizes)
     beta = jnp.broadcast_to(jnp.asarray(beta, _f32), (n,))
-    w = jnp.where(epoch == 1, alpha0 * p, p * beta)
+    w = jnp.where(epoch == 1, sizes, sizes * (beta / beta[0]))
+    c = jnp.where(epoch == 1, alpha0, beta[0]) / jnp.sum(sizes)
     keep = jnp.arange(n) != pilot
     if mask is not None:
         keep = keep & jnp.asarray(mask, bool)
-    return jnp.where(keep, w, 0.0).astype(_f32)
+    return jnp.where(keep, w, 0.0).astype(_f32), c.astype(_f32)
 
 
 _BLOCK_BYTES = 1 << 20  # decoded float32 rows per step of the master's reduction (in cache)
 
 
 def _weighted_rows(rows: jax.Array, weights: jax.Array, lanes, n_out: int) -> jax.Array:
-    """``sum_k w_k decode(rows_k)`` over the leading axis, in blocks of rows.
+    """``sum_k w_k decode(rows_k)`` over the leading axis: :func:`_lane_sums`, interleaved
+    into f32[n_out]."""
+    return codec.interleave_lanes(_lane_sums(rows, weights, lanes), n_out)
+
+
+def _lane_sums(rows: jax.Array, weights: jax.Array, lanes) -> tuple[jax.Array, ...]:
+    """``sum_k w_k lanes(rows_k)`` over the leading axis, in blocks of rows.
 
     ``lanes`` maps rows [c, B] to float32 lanes [c, B] (``codec.unpack_lanes_jnp``;
     a single lane for unpacked rows), which :func:`codec.interleave_lanes` turns
@@ -156,7 +169,7 @@ def _weighted_rows(rows: jax.Array, weights: jax.Array, lanes, n_out: int) -> ja
     zeros = tuple(jnp.zeros(a.shape, _f32)
                   for a in lanes(jnp.zeros(rows.shape[1:], rows.dtype)))
     if n == 0:
-        return codec.interleave_lanes(zeros, n_out)
+        return zeros
     c = max(1, min(n, _BLOCK_BYTES // (4 * len(zeros) * width)))
     k = -(-n // c)
 
@@ -167,14 +180,84 @@ def _weighted_rows(rows: jax.Array, weights: jax.Array, lanes, n_out: int) -> ja
         w = jnp.where(start + jnp.arange(c) >= i * c, w, 0.0)  # rows of an overlap: once
         return tuple(a + w @ lane for a, lane in zip(acc, lanes(r), strict=True))
 
-    acc = add_block(0, zeros) if k == 1 else jax.lax.fori_loop(0, k, add_block, zeros)
-    return codec.interleave_lanes(acc, n_out)
+    return add_block(0, zeros) if k == 1 else jax.lax.fori_loop(0, k, add_block, zeros)
 
 
-def _apply(q_pilot, votes, p_prev, p_prev2, epoch, direction):
-    """``Q + d * votes * (1 or P^{t-1} - P^{t-2})``, the shape of Eq. (3)."""
+def vote_lanes(packed: ArrayLike, weights: ArrayLike, scheme: str = "2bit"
+               ) -> tuple[jax.Array, ...]:
+    """Eq. (3)'s vote sum ``sum_k w_k T_k`` over packed ternaries, decoded in cache and
+    left in the codec's lanes (``codec.unpack_lanes_jnp``: one f32 per byte and trit
+    position; ``codec.interleave_lanes`` makes the f32[M] sum).
+
+    What :func:`unpack_update` adds to the pilot's model before scaling; a master that
+    streams its workers (``--worker-chunk``) adds it up chunk by chunk. With one beta
+    for every worker the weights ``w_k = S_k`` are integers (:func:`update_weights`)
+    and so is every partial sum: chunked and whole sums are equal bit for bit.
+
+    Args:
+      packed: u8[N, packed_size(M)]; weights: f32[N] (0 drops a row).
+
+    Returns:
+      4 (2bit) or 5 (base3) lanes f32[packed_size(M)].
+    """
+    return _lane_sums(jnp.asarray(packed), jnp.asarray(weights, _f32),
+                      lambda r: codec.unpack_lanes_jnp(r, scheme))
+
+
+def vote_sum(packed: ArrayLike, weights: ArrayLike, n: int, scheme: str = "2bit"
+             ) -> jax.Array:
+    """:func:`vote_lanes` interleaved: ``sum_k w_k T_k`` f32[M] (``n`` = M, static)."""
+    return codec.interleave_lanes(vote_lanes(packed, weights, scheme), n)
+
+
+def apply_lanes(q_pilot: ArrayLike, lanes, c: ArrayLike, p_prev: ArrayLike,
+                p_prev2: ArrayLike, epoch: ArrayLike, direction: int = 1) -> jax.Array:
+    """Eq. (3) from the vote sum in lanes (:func:`vote_lanes`): :func:`apply_votes` of
+    their interleave, one loop over the M parameters (the last step of
+    :func:`unpack_update`)."""
+    return apply_votes(q_pilot, codec.interleave_lanes(lanes, jnp.shape(q_pilot)[-1]), c,
+                       p_prev, p_prev2, epoch, direction)
+
+
+def integer_votes(packed: ArrayLike, n: int, sizes: ArrayLike, pilot: ArrayLike,
+                  alpha0: ArrayLike, beta: ArrayLike, epoch: ArrayLike, scheme: str = "2bit",
+                  mask: ArrayLike | None = None, frac_bits: int = 0
+                  ) -> tuple[jax.Array, jax.Array]:
+    """Each worker's share of Eq. (3)'s vote sum as integers: ``round(w_k 2^F) T_k``
+    (:func:`update_weights`; zeros for the pilot and dropped workers), what a worker
+    submits to a secure sum so that the master learns only their total.
+
+    With one beta (``frac_bits`` 0) the rows are ``S_k T_k`` and their sum is exactly the
+    plain master's vote sum; otherwise ``F`` fractional bits bound the sum's error by
+    ``N 2^-(F+1)`` of one sample's weight.
+
+    Args:
+      packed: u8[N, packed_size(M)] the ternaries; n: M (static).
+
+    Returns:
+      (i32[N, M] the rows, f32[] the scale ``c 2^-F`` that turns their sum into votes).
+    """
+    w, c = update_weights(sizes, pilot, alpha0, beta, epoch, mask)
+    w = jnp.round(w * 2.0**frac_bits).astype(jnp.int32)
+    trits = codec.unpack_jnp(jnp.asarray(packed), n, scheme).astype(jnp.int32)
+    return trits * w[:, None], c * 2.0**-frac_bits
+
+
+def apply_votes(q_pilot: ArrayLike, total: ArrayLike, c: ArrayLike, p_prev: ArrayLike,
+                p_prev2: ArrayLike, epoch: ArrayLike, direction: int = 1) -> jax.Array:
+    """Eq. (3) from the vote sum: ``Q + d c total (1 at t = 1, else P^{t-1} - P^{t-2})``.
+
+    Args:
+      q_pilot: f32[M] Q_{k*}; total: f32[M] ``sum_k w_k T_k`` (:func:`update_weights`,
+        or the sum a secure aggregation returns); c: its scale.
+
+    Returns:
+      f32[M] P^t.
+    """
+    _check_direction(direction)
     step = jnp.asarray(p_prev, _f32) - jnp.asarray(p_prev2, _f32)
     scale = jnp.where(epoch == 1, jnp.ones_like(step), step)
+    votes = jnp.asarray(c, _f32) * jnp.asarray(total, _f32)
     return jnp.asarray(q_pilot, _f32) + direction * votes * scale
 
 
@@ -204,10 +287,10 @@ def master_update(q_pilot: ArrayLike, ternaries: ArrayLike, sizes: ArrayLike,
       f32[M].
     """
     _check_direction(direction)
-    w = update_weights(sizes, pilot, alpha0, beta, epoch)
+    w, c = update_weights(sizes, pilot, alpha0, beta, epoch)
     t = jnp.asarray(ternaries)
-    votes = _weighted_rows(t, w, lambda r: (r.astype(_f32),), t.shape[-1])
-    return _apply(q_pilot, votes, p_prev, p_prev2, epoch, direction)
+    total = _weighted_rows(t, w, lambda r: (r.astype(_f32),), t.shape[-1])
+    return apply_votes(q_pilot, total, c, p_prev, p_prev2, epoch, direction)
 
 
 @functools.partial(jax.jit, static_argnames=("scheme",))
@@ -241,11 +324,9 @@ def unpack_update(q_pilot: ArrayLike, packed: ArrayLike, sizes: ArrayLike, pilot
       f32[M].
     """
     _check_direction(direction)
-    m = jnp.shape(q_pilot)[-1]
-    w = update_weights(sizes, pilot, alpha0, beta, epoch, mask)
-    votes = _weighted_rows(jnp.asarray(packed), w,
-                           lambda r: codec.unpack_lanes_jnp(r, scheme), m)
-    return _apply(q_pilot, votes, p_prev, p_prev2, epoch, direction)
+    w, c = update_weights(sizes, pilot, alpha0, beta, epoch, mask)
+    return apply_lanes(q_pilot, vote_lanes(packed, w, scheme), c, p_prev, p_prev2, epoch,
+                       direction)
 
 
 def _check_direction(direction: int) -> None:

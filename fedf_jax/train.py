@@ -9,7 +9,9 @@ group masters, and each level runs the flat protocol (``ranks``). Every rank
 computes the run's seeded partition and keeps only its own workers' samples; the
 master holds only the test set. The top (or flat) master runs the harness's one
 epoch loop (``harness.drive``), which writes the same run log as ``fedf simulate``,
-with checkpoints and ``--resume``.
+with checkpoints and ``--resume``. ``--schedule async`` (with ``--groups``): the top
+master takes the group masters as they finish (``ranks.asynchronous``), one update of
+the top per run-log line, without checkpoints.
 
 Faults. Any exception on any rank prints ``fedf: error: rank R ...`` and calls
 ``MPI.COMM_WORLD.Abort``, which ends the whole job (no hang); every wait has a
@@ -38,7 +40,7 @@ from mpi4py import MPI
 
 from fedf_jax import checkpoint, harness, master
 from fedf_jax.algorithms import fedf, hierarchy
-from fedf_jax.backends.mpi import resume
+from fedf_jax.backends.mpi import resume, wire
 from fedf_jax.backends.mpi.faults import Fault, strikes
 from fedf_jax.backends.mpi.link import (
     DEFAULT_TIMEOUT,
@@ -51,6 +53,7 @@ from fedf_jax.backends.mpi.resume import ResumeError
 from fedf_jax.codec import epoch_bytes
 from fedf_jax.config import RunConfig
 from fedf_jax.ranks import admm as admm_ranks
+from fedf_jax.ranks import asynchronous as async_ranks
 from fedf_jax.ranks import fedf as ranks
 
 
@@ -58,6 +61,21 @@ def check(cfg: RunConfig, n_ranks: int, resumable: bool = False) -> None:
     """Raises ValueError when ``cfg`` cannot run on ``n_ranks`` MPI ranks (``resumable``:
     checkpoints or --resume asked for)."""
     run = cfg.run
+    if run.schedule == "async":
+        if run.algorithm != "fedf":
+            raise ValueError(f"`fedf train --schedule async` runs fedf, not {run.algorithm!r}; "
+                             "run an asynchronous admm-svm with `fedf simulate`.")
+        if run.groups < 2:
+            raise ValueError(f"`fedf train --schedule async` needs `groups` >= 2 (got "
+                             f"{run.groups}): its senders are the group masters; run flat "
+                             "asynchronous workers with `fedf simulate`.")
+        if resumable:
+            raise ValueError("`fedf train --schedule async` keeps no checkpoints; drop "
+                             "--checkpoint-every and --resume.")
+    if cfg.master.secure_sum != "none":
+        raise ValueError(f"`secure_sum` (={cfg.master.secure_sum!r}) runs in `fedf simulate`; "
+                         "`fedf train` sends every message in the clear (use --wire aead for "
+                         "the wire).")
     if run.algorithm not in ("fedf", "admm-svm") or run.scan_epochs > 1:
         raise ValueError("`fedf train` runs fedf or admm-svm epoch by epoch; the baselines "
                          "and --scan-epochs are for `fedf simulate`.")
@@ -131,7 +149,7 @@ def _top(cfg: RunConfig, link: Link, faults: Sequence[Fault], out: Path,
         worker_sizes = np.array([len(p) for p in host.parts], np.int64)
         record_base = hierarchy.make_record(
             cfg, worker_sizes, m, lambda k: epoch_bytes(m, k, cfg.master.scheme), 4)
-        width = max(len(g) for g in members) + 2
+        width = max(len(g) for g in members) + 3
     else:
         worker_sizes = sizes.astype(np.int64)
         record_base = fedf.make_record(cfg, worker_sizes, m)
@@ -171,14 +189,16 @@ def _top(cfg: RunConfig, link: Link, faults: Sequence[Fault], out: Path,
             for gi, g in enumerate(members):
                 costs[list(g)] = rep[gi, :len(g)]
             out = {**out, "costs": costs, "group_sizes": sizes,
-                   "group_pilots": rep[np.arange(len(members)), -2].astype(int).tolist()}
-            out["mpi_bytes_detail"]["groups"] = int(rep[:, -1].sum())
+                   "group_pilots": rep[np.arange(len(members)), -3].astype(int).tolist()}
+            out["mpi_bytes_detail"]["groups"] = int(rep[:, -2].sum())
             out["mpi_bytes"] = int(sum(out["mpi_bytes_detail"].values()))
+            out["bytes_aead"] = link.bytes_aead + int(rep[:, -1].sum())
         return state, [out]
 
     def record(out, wall_s):
         return {**record_base(out, wall_s),
-                **{k: out[k] for k in ("dropped_frames", "mpi_bytes", "mpi_bytes_detail")}}
+                **{k: out[k] for k in ("dropped_frames", "mpi_bytes", "mpi_bytes_detail",
+                                       "bytes_aead")}}
 
     def after(state, rec):
         t = rec["epoch"]
@@ -235,8 +255,15 @@ def run(cfg: RunConfig, out: str | Path | None, *, timeout: float = DEFAULT_TIME
             raise ValueError(f"`checkpoint_every` (={checkpoint_every}) must be >= 1.")
         top_args = (faults, Path(out) if out is not None else None, checkpoint_every, resume,
                     on_setup, on_epoch)
+        def new_link(comm: MPI.Comm, layout: RankLayout) -> Link:
+            """A link, sealed with keys agreed now (``--wire aead``) or bare."""
+            new = Link(comm, layout, timeout)
+            if cfg.run.wire == "aead":
+                new.wire = wire.establish(new, cfg.run.key_file, faults=faults)
+            return new
+
         if cfg.run.algorithm == "admm-svm":
-            link = Link(comm, split_workers(cfg.n_workers, size), timeout)
+            link = new_link(comm, split_workers(cfg.n_workers, size))
             if rank == 0:
                 return admm_ranks.run_master(cfg, link, Path(out),
                                              lambda infos: _header_extra(cfg, link, infos),
@@ -244,7 +271,7 @@ def run(cfg: RunConfig, out: str | Path | None, *, timeout: float = DEFAULT_TIME
             admm_ranks.run_worker(cfg, link, link.layout.ids[rank], world_rank=rank)
             return None
         if cfg.run.groups == 1 and cfg.run.group_epochs == 1:
-            link = Link(comm, split_workers(cfg.n_workers, size), timeout)
+            link = new_link(comm, split_workers(cfg.n_workers, size))
             if rank == 0:
                 return _top(cfg, link, *top_args)
             ranks.run_workers(cfg, link, link.layout.ids[rank], faults, checkpoint_every,
@@ -256,18 +283,32 @@ def run(cfg: RunConfig, out: str | Path | None, *, timeout: float = DEFAULT_TIME
         in_group = comm.Split(group if rank > 0 else MPI.UNDEFINED, rank)
         at_top = comm.Split(0 if rank == 0 or local == 0 else MPI.UNDEFINED, rank)
         tops = RankLayout(((),) + tuple((i,) for i in range(g)))
+        is_async = cfg.run.schedule == "async"
         if rank == 0:
-            link = Link(at_top, tops, timeout)
+            link = new_link(at_top, tops)
+            if is_async:
+                return async_ranks.run_top(cfg, link, Path(out),
+                                           lambda infos: _header_extra(cfg, link, infos),
+                                           on_setup, on_epoch, faults)
             return _top(cfg, link, *top_args)
-        group_link = Link(in_group, _group_ranks(members[group], r), timeout)
+        group_link = new_link(in_group, _group_ranks(members[group], r))
         if local == 0:
-            link = Link(at_top, tops, timeout)
-            ranks.run_group_master(cfg, link, group_link, members[group], group, faults,
-                                   checkpoint_every, world_rank=rank)
+            link = new_link(at_top, tops)
+            if is_async:
+                async_ranks.run_group_master(cfg, link, group_link, members[group], group,
+                                             faults, world_rank=rank)
+            else:
+                ranks.run_group_master(cfg, link, group_link, members[group], group, faults,
+                                       checkpoint_every, world_rank=rank)
         else:
             link = group_link
-            ranks.run_workers(cfg, group_link, group_link.layout.ids[local], faults,
-                              checkpoint_every, world_rank=rank, period=cfg.run.group_epochs)
+            if is_async:
+                async_ranks.run_workers(cfg, group_link, group_link.layout.ids[local], faults,
+                                        world_rank=rank)
+            else:
+                ranks.run_workers(cfg, group_link, group_link.layout.ids[local], faults,
+                                  checkpoint_every, world_rank=rank,
+                                  period=cfg.run.group_epochs)
         return None
     except (SystemExit, ResumeError):
         raise  # ResumeError: every rank has it (the master broadcast it); exit code 2

@@ -209,6 +209,18 @@ def evaluate(model: Model, p: jax.Array, x: jax.Array, y: jax.Array, size: Array
     return loss / count, right / count
 
 
+def all_finite(v: jax.Array) -> jax.Array:
+    """Whether every entry of ``v`` (f32[..., M]) is finite, over its last axis.
+
+    ``v . 0`` is NaN exactly when an entry is not finite (``inf * 0`` and ``NaN * 0``
+    are NaN): one vectorized read of ``v`` (a matrix-vector product once vmapped),
+    where ``jnp.all(jnp.isfinite(v))`` reduces booleans: 0.08 against 0.35 ms for
+    100 workers' models of the digits MLP on CPU (sims/bench/README.md).
+    """
+    v = jnp.asarray(v)
+    return jnp.isfinite(v @ jnp.zeros(v.shape[-1], v.dtype))
+
+
 def train_and_cost(model: Model, kind: str, shapes: Shapes, p: jax.Array, opt_state,
                    x: jax.Array, y: jax.Array, size: jax.Array, hp: HParams,
                    key: jax.Array):
@@ -222,7 +234,7 @@ def train_and_cost(model: Model, kind: str, shapes: Shapes, p: jax.Array, opt_st
     """
     q, new_state = local_train(model, kind, shapes, p, opt_state, x, y, size, hp, key)
     cost, _ = evaluate(model, q, x, y, size, shapes.eval_chunk)
-    ok = jnp.isfinite(cost) & jnp.all(jnp.isfinite(q))
+    ok = jnp.isfinite(cost) & all_finite(q)
     cost = jnp.where(ok, cost, jnp.nan)
     fresh = init_opt_state(kind, hp, p)
     new_state = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new_state, fresh)
@@ -242,4 +254,4 @@ def ternary_message(q: jax.Array, p_prev: jax.Array, p_prev2: jax.Array, alpha: 
 
 __all__ = ["OPTIMIZERS", "WorkerSpec", "HParams", "Shapes", "stack_hparams", "group_shapes",
            "make_optimizer", "init_opt_state", "cross_entropy", "hits", "shuffle",
-           "local_train", "evaluate", "train_and_cost", "ternary_message"]
+           "local_train", "evaluate", "all_finite", "train_and_cost", "ternary_message"]

@@ -188,3 +188,54 @@ def test_sample_workers_shapes_and_determinism(digits):
 def test_sample_workers_bad_size_raises(digits):
     with pytest.raises(ValueError, match=r"`samples_per_worker` \(=2000\)"):
         sample_workers(digits.x_train, digits.y_train, 4, 2000)
+
+
+def test_synthetic_has_the_digits_shape_and_is_seeded():
+    from fedf_jax.data import synthetic
+
+    ds = load_dataset("synthetic", num_samples=3000)
+    assert ds.x_train.shape == (3000, 8, 8, 1) and ds.y_train.shape == (3000,)
+    assert ds.x_test.shape == (synthetic.default_num_test(3000), 8, 8, 1) == (600, 8, 8, 1)
+    assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int32
+    assert (ds.num_classes, ds.name, ds.input_shape) == (10, "synthetic", (8, 8, 1))
+    assert 0.0 <= ds.x_train.min() and ds.x_train.max() <= 1.0
+    assert set(np.unique(ds.y_train)) == set(range(10))
+    again = load_dataset("synthetic", num_samples=3000)
+    for a, b in zip(ds[:4], again[:4], strict=True):
+        np.testing.assert_array_equal(a, b)
+    other = synthetic.load_synthetic(3000, seed=1)
+    assert not np.array_equal(other.x_train, ds.x_train)
+    assert not np.array_equal(ds.x_test[:100], ds.x_train[:100])  # a stream of its own
+
+
+def test_synthetic_spans_blocks_and_stays_learnable():
+    from sklearn.linear_model import LogisticRegression
+
+    from fedf_jax.data import synthetic
+
+    n = synthetic.BLOCK + 1000  # two blocks, each from its own stream
+    x, y = synthetic.generate(n, seed=0)
+    assert x.shape == (n, 8, 8, 1) and np.isfinite(x).all()
+    counts = np.bincount(y, minlength=10)
+    assert counts.min() > 0.08 * n and counts.max() < 0.12 * n  # balanced classes
+    ds = synthetic.load_synthetic(4000, num_test=1000)
+    flat = ds.x_train.reshape(len(ds.x_train), -1)
+    acc = LogisticRegression(max_iter=300).fit(flat, ds.y_train).score(
+        ds.x_test.reshape(len(ds.x_test), -1), ds.y_test)
+    assert 0.5 < acc < 0.97  # well above chance (0.1), not trivially separable
+
+
+def test_synthetic_sample_count_defaults_from_the_workers_and_needs_synthetic():
+    from fedf_jax import config, harness
+
+    assert harness.data_options(config.make(data="synthetic", workers=5)) == {
+        "num_samples": 2000}
+    assert harness.data_options(config.make(data="synthetic", workers=300)) == {
+        "num_samples": 3000}
+    assert harness.data_options(config.make(data="synthetic", num_samples=777)) == {
+        "num_samples": 777}
+    with pytest.raises(ValueError, match=r"`num_samples` \(=500\) applies to "
+                                         r"`data='synthetic'` only \(got data 'digits'\)"):
+        config.make(data="digits", num_samples=500)
+    with pytest.raises(ValueError, match=r"`num_samples` \(=0\)"):
+        load_dataset("synthetic", num_samples=0)

@@ -1,7 +1,9 @@
 """Attacks E1, E6, E7, E8, the image metrics, the runner and `fedf attack`: each attack
-succeeds where it must and fails (chance level) where it must."""
+succeeds where it must and fails (chance level) where it must; the blind colluders take
+only what they observe."""
 
 import dataclasses
+import inspect
 import json
 import math
 
@@ -13,6 +15,7 @@ from fedf_jax import protocol
 from fedf_jax.privacy import (
     cli,
     e1_inversion,
+    e2_class_leakage,
     e6_curious_worker,
     e7_collusion,
     e8_lying,
@@ -140,15 +143,42 @@ def test_optimisation_inversion_reconstructs_a_one_step_update(one_sample, one_s
     fed = one_sample
     v = one_sample_runs["fedavg"][0]
     delta = v.q_sent[0].astype(np.float64) - v.p_prev
-    rec = e1_inversion.optimisation_inversion(fed.model, v.p_prev, delta, fed.y_parts[0],
-                                              (8, 8, 1), fed.specs[0], 100,
-                                              jax.random.key(0))
+    rec, value = e1_inversion.optimisation_inversion(fed.model, v.p_prev, delta,
+                                                     fed.y_parts[0], (8, 8, 1), fed.specs[0],
+                                                     100, jax.random.key(0))
     good = metrics.psnr(rec, fed.x_parts[0])[0]
     rng = np.random.default_rng(3)
-    noise = e1_inversion.optimisation_inversion(
+    noise, noise_value = e1_inversion.optimisation_inversion(
         fed.model, v.p_prev, rng.normal(scale=1e-3, size=delta.shape), fed.y_parts[0],
         (8, 8, 1), fed.specs[0], 100, jax.random.key(0))
     assert good > 25 and metrics.psnr(noise, fed.x_parts[0])[0] < good - 10
+    assert value < noise_value  # the attacker's own criterion ranks the true update's fit first
+
+
+def test_the_attacker_guesses_the_recipe_from_its_prior_not_from_the_worker():
+    guesses = e1_inversion.prior_guesses(4)
+    assert {(g.local_epochs, g.batch_size) for g in guesses} == {(1, 1), (1, 4), (5, 1), (5, 4)}
+    lo, hi = views.LR_RANGE
+    assert all(g.lr == pytest.approx(math.sqrt(lo * hi)) for g in guesses)
+    assert len(e1_inversion.prior_guesses(1)) == 2  # every batch is one full batch
+    # the guessed attack never reads the worker's spec: a spec-free call reconstructs too
+    fed = e1_inversion.cut_to(views.make_federation(OPTS, 5, local_epochs=5), 1)
+    (v,) = views.run_arm(fed, "fedavg", 1, 5)
+    delta = v.q_sent[0].astype(np.float64) - v.p_prev
+    rec = e1_inversion.guessed_inversion(fed.model, v.p_prev, delta, fed.y_parts[0], (8, 8, 1),
+                                         60, jax.random.key(1))
+    assert metrics.psnr(rec, fed.x_parts[0])[0] > 20
+
+
+def test_e1_cuts_only_the_victim_outside_the_tiny_federation_regime():
+    opts = dataclasses.replace(OPTS, n_local=(1, 0), local_epochs=(1, 5), batch_sizes=(8,))
+    cells = e1_inversion.settings(opts)
+    victim = [c for c in cells if c.regime.startswith("victim")]
+    assert victim and not any(c.every_worker for c in victim)
+    tiny = [c for c in cells if c.every_worker]
+    assert len(tiny) == 1 and tiny[0].n_k == 1 and tiny[0].regime.startswith("tiny")
+    fed = e1_inversion._federation(OPTS, 5, victim[0])
+    assert fed.sizes[0] == 1 and fed.sizes[1:].min() > 1
 
 
 # ---- E6 --------------------------------------------------------------------------------
@@ -177,7 +207,7 @@ def test_n_minus_1_colluders_recover_the_victims_ternary_exactly(fed5):
         if v.pilot not in cols:
             continue
         seen += 1
-        t_hat, size = e7_collusion.recover_victim_ternary(v, fed5, 0, cols, 1)
+        t_hat, size = e7_collusion.recover_victim_ternary(e7_collusion.observe(v, fed5, cols, 1))
         assert size == v.sizes[0]
         ok = e7_collusion.identifiable(v, fed5, 0, 1)
         np.testing.assert_array_equal(t_hat[ok], v.ternary[0][ok])
@@ -199,34 +229,100 @@ def test_n_minus_1_recovery_from_a_random_global_model_is_no_better_than_guessin
     v = next(v for v in views.run_arm(fed5, "fedf+1", 3, 7) if v.pilot in cols)
     rng = np.random.default_rng(4)
     fake = v._replace(p_new=v.p_new + rng.normal(scale=0.05, size=v.p_new.shape))
-    t_hat, _ = e7_collusion.recover_victim_ternary(fake, fed5, 0, cols, 1, max_size=400)
+    t_hat, _ = e7_collusion.recover_victim_ternary(e7_collusion.observe(fake, fed5, cols, 1),
+                                                   max_size=400)
     _, counts = np.unique(v.ternary[0], return_counts=True)
     assert np.mean(t_hat == v.ternary[0]) < counts.max() / v.ternary[0].size
+
+
+BLIND = (e7_collusion.pooled_residual, e7_collusion.recover_victim_ternary,
+         e7_collusion.refine_exact, e7_collusion.search_two_sizes, e7_collusion.decode_pair,
+         e7_collusion.decode_run, e7_collusion.own_vote, e7_collusion.direction_of,
+         e8_lying.cluster_epochs, e8_lying.cluster_signatures)
+
+
+def test_blind_attackers_take_only_what_the_colluders_observe():
+    truth = {"victim", "honest", "fed", "view", "sizes", "ternaries", "q_true"}
+    for fn in BLIND:
+        params = inspect.signature(fn).parameters
+        assert not truth & set(params), (fn.__name__, sorted(truth & set(params)))
+        first = next(iter(params.values())).annotation
+        assert "ColluderView" in str(first), fn.__name__
+    # a ColluderView holds the colluders' rows only: no field for an honest worker
+    fields = e7_collusion.ColluderView._fields
+    assert not {"q_true", "q_sent", "costs"} & set(fields)
+
+
+def test_blind_colluders_see_the_same_round_whichever_honest_worker_is_the_victim(fed5):
+    cols = [2, 3, 4]
+    fed = fed5._replace(x_parts=[fed5.x_parts[0], fed5.x_parts[1][:150], *fed5.x_parts[2:]],
+                        y_parts=[fed5.y_parts[0], fed5.y_parts[1][:150], *fed5.y_parts[2:]])
+    rv = [v for v in views.run_arm(fed, "fedf+1", 3, 7, report=e8_lying.steer_to_self(cols, 1))
+          if v.pilot in cols]
+    v = rv[-1]
+    swap = [1, 0, 2, 3, 4]
+    other = v._replace(q_true=v.q_true[swap], q_sent=v.q_sent[swap], ternary=v.ternary[swap],
+                       costs=v.costs[swap], sizes=v.sizes[swap])
+    a, b = (e7_collusion.observe(w, fed, cols, 1) for w in (v, other))
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # so their output is the same pair, and their no-prior score does not depend on who
+    # the victim is: it is the mean over the two namings
+    (x, y), decoded = e7_collusion.decode_run([a])
+    assert (x, y) == (150, 216)
+    _, tx, ty, amb = decoded[0]
+    np.testing.assert_array_equal(np.sort(np.stack([tx, ty]), axis=0),
+                                  np.sort(v.ternary[:2], axis=0))
+    layout = e2_class_leakage.fed_layout(fed, OPTS)
+    for w, victim in ((v, 0), (other, 0)):
+        got = e7_collusion.blind_scores([a], [(w.ternary[victim], w.ternary[1 - victim])],
+                                        layout, 3)
+        assert got["pair_right"][0][1] == pytest.approx(1.0, abs=0.01)
+        assert got["victim_right_no_prior"][0][1] < 0.95  # one of the two namings is wrong
+
+
+def test_shuffled_honest_workers_give_blind_colluders_the_same_unordered_sizes(fed5):
+    cols = [2, 3, 4]
+    found = []
+    fed5 = fed5._replace(x_parts=[fed5.x_parts[0], fed5.x_parts[1][:150], *fed5.x_parts[2:]],
+                         y_parts=[fed5.y_parts[0], fed5.y_parts[1][:150], *fed5.y_parts[2:]])
+    for fed in (fed5, views.permute_workers(fed5, [1, 0, 2, 3, 4])):
+        rv = views.run_arm(fed, "fedf+1", 3, 7, report=e8_lying.steer_to_self(cols, 1))
+        cvs = [e7_collusion.observe(v, fed, cols, 1) for v in rv if v.pilot in cols]
+        found.append(e7_collusion.decode_run(cvs)[0])
+        assert found[-1] == tuple(sorted(fed.sizes[:2].tolist()))
+    assert found[0] == found[1] and fed5.sizes[0] != fed5.sizes[1]
 
 
 def test_n_minus_2_colluders_with_unequal_sizes_decode_and_with_equal_sizes_do_not(fed5):
     cols = [2, 3, 4]
     fed = fed5._replace(x_parts=[fed5.x_parts[0], fed5.x_parts[1][:150], *fed5.x_parts[2:]],
                         y_parts=[fed5.y_parts[0], fed5.y_parts[1][:150], *fed5.y_parts[2:]])
-    rv = views.run_arm(fed, "fedf+1", 3, 7, report=e8_lying.steer_to_self(cols))
+    rv = views.run_arm(fed, "fedf+1", 3, 7, report=e8_lying.steer_to_self(cols, 10))
     v = rv[-1]
-    assert v.pilot in cols and v.epoch == 3
-    t_hat, amb = e7_collusion.decode_two(v, fed, 0, 1, cols, 1)
-    assert v.sizes[0] != v.sizes[1]
-    # exact wherever float32 kept the trit (the inflated sizes shrink the honest votes)
-    np.testing.assert_array_equal(t_hat[~amb], v.ternary[0][~amb])
+    assert v.pilot in cols and v.epoch == 3 and v.sizes[0] != v.sizes[1]
+    cv = e7_collusion.observe(v, fed, cols, 1)
+    x, y = e7_collusion.search_two_sizes(cv)
+    assert sorted((x, y)) == sorted(v.sizes[:2].tolist())
+    lo_first = v.sizes[0] == min(x, y)
+    tx, ty, amb = e7_collusion.decode_pair(cv, min(x, y), max(x, y))
+    t_v = tx if lo_first else ty
+    np.testing.assert_array_equal(t_v[~amb], v.ternary[0][~amb])
     assert amb.mean() < 0.2
-    # the honest sizes can be found from the messages (here without inflated sizes)
-    w = views.run_arm(fed, "fedf+1", 2, 7, report=e8_lying.steer_to_self(cols, 1))[1]
-    assert w.pilot in cols
-    x, y = e7_collusion.search_two_sizes(w, fed, cols, 1)
-    assert sorted((x, y)) == [150, 216]
     # equal sizes: the two honest trits only show through their sum
     same = v._replace(sizes=np.where(np.arange(5) == 1, v.sizes[0], v.sizes))
+    same = same._replace(p_new=_eq3(same, fed))
     z = np.asarray(v.ternary[0], np.int64) + v.ternary[1]
-    _, amb = e7_collusion.decode_two(same._replace(p_new=_eq3(same, fed)), fed, 0, 1, cols, 1)
+    cv = e7_collusion.observe(same, fed, cols, 1)
+    _, _, amb = e7_collusion.decode_pair(cv, int(v.sizes[0]), int(v.sizes[0]))
     both = (z == 0) | (np.abs(z) == 1)
     assert amb[both & (np.abs(v.p_prev.astype(np.float64) - v.p_prev2) > 1e-4)].mean() > 0.95
+
+
+def test_class_prior_attribution_picks_the_identity_whose_signature_holds_the_class():
+    sig = [np.array([0.0, 1.0, 0.0, 3.0]), np.array([2.0, 0.0, 1.0, 0.0])]
+    assert e7_collusion.attribute(sig, 3) == 0
+    assert e7_collusion.attribute(sig, 0) == 1
 
 
 def _eq3(v, fed):
@@ -250,6 +346,28 @@ def test_inflated_costs_and_sizes_leave_the_victims_update_almost_unmixed(fed5):
     assert any(v.pilot in cols for v in honest)  # without the lie, colluders are chosen
 
 
+def test_blind_clustering_splits_epochs_by_the_class_signature_of_the_global_step(fed5):
+    layout = e2_class_leakage.fed_layout(fed5, OPTS)
+    off, shape = layout["out.bias"]
+    rng = np.random.default_rng(5)
+    who = np.array([0, 1, 1, 0, 0, 1, 0, 1])
+    cvs = []
+    for k in who:  # two workers whose updates raise classes {1, 2} and {7, 8}
+        step = rng.normal(scale=1e-3, size=fed5.p0.shape).astype(np.float32)
+        bias = np.full(shape, -0.02, np.float32)
+        bias[[1, 2] if k == 0 else [7, 8]] = 0.05
+        step[off:off + shape[0]] = bias + rng.normal(scale=1e-3, size=shape)
+        cvs.append(e7_collusion.ColluderView(2, fed5.p0, fed5.p0, fed5.p0 + step, 5, (2, 3, 4),
+                                             fed5.p0[None].repeat(3, 0),
+                                             np.zeros((3, fed5.p0.size), np.int8),
+                                             np.ones(3, np.int64), -1, 0.01, 0.2, 1))
+    labels = e8_lying.cluster_epochs(cvs, layout)
+    assert np.array_equal(labels, who) or np.array_equal(labels, 1 - who)
+    sig = e8_lying.cluster_signatures(cvs, labels, layout)
+    pick = e7_collusion.attribute(sig, 7)  # the stated prior: the victim holds class 7
+    assert np.all(who[labels == pick] == 1)
+
+
 def test_unknown_lie_is_rejected():
     with pytest.raises(ValueError, match="strategy"):
         e8_lying.hook_for("whisper", [2])
@@ -262,11 +380,11 @@ def test_help_lists_every_experiment(capsys):
         cli.build_parser().parse_args(["--help"])
     assert e.value.code == 0
     text = capsys.readouterr().out
-    assert "--experiment" in text and all(f"E{i}" in text for i in range(1, 10))
+    assert "--experiment" in text and all(f"E{i}" in text for i in range(1, 13))
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["--experiment", "E10"], "`--experiment` (='E10') must be one of"),
+    (["--experiment", "E13"], "`--experiment` (='E13') must be one of"),
     (["--experiment", "E7", "--arms", "fedf+3"], "`arm` (='fedf+3')"),
     (["--experiment", "E7", "--seeds", "0"], "`seeds` (=0)"),
     (["--experiment", "E2", "--data", "cifar10"], "--data-dir"),
@@ -335,7 +453,14 @@ def test_e8_runs_end_to_end_and_its_lies_steer_the_pilot(fed5):
     cell = {(x.setting, x.metric): x.mean for x in r.rows}
     assert cell[("steer to self", "colluder_pilot")] == 1.0
     assert cell[("inflate cost+size", "colluder_pilot")] == 0.0
-    assert r.experiment == "E8"
+    assert r.experiment == "E8" and [g.name.split(" (")[0] for g in r.regimes] == [
+        "lies that make an honest worker pilot", "lies that make a colluder pilot"]
+    # the blind residual is never below the informed one (the informed attacker knows
+    # which epochs are the victim's)
+    if ("inflate cost", "residual_informed") in cell:
+        assert cell[("inflate cost", "residual_no_prior")] >= cell[("inflate cost",
+                                                                    "residual_informed")]
+    assert ("inflate cost", "residual_no_prior") in cell
 
 
 def test_every_registered_experiment_states_its_criterion_before_running():

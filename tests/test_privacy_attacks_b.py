@@ -3,6 +3,7 @@ must (random messages)."""
 
 import math
 
+import jax
 import numpy as np
 import pytest
 from scipy import stats as sps
@@ -162,11 +163,87 @@ def test_e5_property_is_class_balanced_and_learnable_from_updates():
     assert stats.roc_auc(rng.permutation(labels), p) == pytest.approx(0.5, abs=0.25)
 
 
-def test_e9_audit_finds_leakage_without_dp_and_stays_below_the_accountant_with_it():
+def test_e9_weak_audit_finds_leakage_without_noise_and_stays_below_the_accountant_with_it():
     fed = views.make_federation(OPTS, 0)
-    plain = e9_defences.audit(fed, None, 60, 0, 1e-5)
-    assert plain["eps_lb"] > 1.0 and plain["eps_accountant"] == math.inf
-    dp = defences.worker_dp(1.0, 2, 1e-5)
-    got = e9_defences.audit(fed, dp, 60, 0, 1e-5)
-    assert got["eps_accountant"] == pytest.approx(dp.epsilon(1, 1e-5))
-    assert got["eps_lb"] <= got["eps_accountant"]
+    plain = e9_defences.weak_audit(fed, defences.worker_dp(math.inf, 1, 1e-5), 60, 0, 1e-5)
+    assert plain["eps_lb"] > 1.0
+    dp = defences.worker_dp(1.0, 1, 1e-5)
+    got = e9_defences.weak_audit(fed, dp, 60, 0, 1e-5)
+    assert got["eps_lb"] <= dp.epsilon(1, 1e-5)
+
+
+def test_the_tight_audit_of_a_noiseless_release_is_capped_only_by_its_trials():
+    fed = views.make_federation(OPTS, 0)
+    n, delta = 1000, 1e-5
+    key = jax.random.key(3)
+    want = math.log((stats.clopper_pearson(n, n)[0] - delta) / stats.clopper_pearson(0, n)[1])
+    for d, release in ((defences.worker_dp(math.inf, 1, delta), "model"),
+                       (defences.PilotNoise("pn", 0.02), "model"),
+                       (defences.PilotNoise("pn", 0.02), "ternary"), (None, "model")):
+        got = e9_defences.tight_audit(d, fed.p0, 1.0, n, key, delta, release=release,
+                                      alpha=fed.specs[0].lr)
+        assert got["eps_lb"] == pytest.approx(want, rel=1e-9), (d, release)
+
+
+def test_the_tight_audit_never_exceeds_the_accountant_of_a_noised_release():
+    fed = views.make_federation(OPTS, 0)
+    for eps in (1.0, 8.0):
+        d = defences.worker_dp(eps, 1, 1e-5, clip=0.7)
+        got = e9_defences.tight_audit(d, fed.p0, 0.7, 20_000, jax.random.key(int(eps)), 1e-5)
+        assert 0 <= got["eps_lb"] < d.epsilon(1, 1e-5)
+
+
+def test_the_planned_threshold_is_where_the_expected_bound_peaks():
+    mu, n, delta = 1.6, 100_000, 1e-5
+    tau = e9_defences.planned_threshold(mu, n, delta)
+
+    def expected(t):
+        tp, fp = round(n * sps.norm.sf(t - mu / 2)), round(n * sps.norm.sf(t + mu / 2))
+        return math.log((sps.beta.ppf(0.025, tp, n - tp + 1) - delta)
+                        / sps.beta.ppf(0.975, fp + 1, n - fp))
+
+    assert expected(tau) >= max(expected(t) for t in (tau - 0.5, tau + 0.5, 0.0, 3.0))
+    assert e9_defences.planned_threshold(math.inf, n, delta) == 0.0
+
+
+@pytest.mark.slow
+def test_the_tight_audit_reaches_half_the_accountant_at_eps_1_and_8_in_one_round():
+    fed = views.make_federation(OPTS, 0)
+    for eps in (1.0, 8.0):
+        d = defences.worker_dp(eps, 1, 1e-5, clip=1.3)
+        got = e9_defences.tight_audit(d, fed.p0, 1.3, e9_defences.AUDIT_TRIALS,
+                                      jax.random.key(11), 1e-5)
+        assert d.epsilon(1, 1e-5) / 2 <= got["eps_lb"] < d.epsilon(1, 1e-5), (eps, got)
+
+
+def test_clips_come_from_public_data_at_typical_update_norms():
+    fed = views.make_federation(OPTS, 0)
+    clip, example_clip = e9_defences.public_clips(fed, 0)
+    (v,) = views.run_arm(fed, "fedf+1", 1, 0)
+    norms = np.linalg.norm(v.q_true - v.p_prev, axis=1)
+    assert norms.min() / 3 < clip < norms.max() * 3  # the order of the workers' own updates
+    assert example_clip > 0
+    # only public data enters the per-example clip: the workers' shares do not change it
+    other = fed._replace(x_parts=[x[:5] for x in fed.x_parts],
+                         y_parts=[y[:5] for y in fed.y_parts])
+    assert e9_defences.public_clips(other, 0)[1] == example_clip
+
+
+def test_shadow_workers_guess_the_recipe_from_the_prior_not_from_the_victim():
+    fed = views.make_federation(OPTS, 0, batch_size=17, local_epochs=3)
+    seen = set()
+    for i in range(40):
+        specs = e2_class_leakage.shadow_specs(fed, 4, np.random.default_rng(i))
+        assert len({(s.batch_size, s.local_epochs) for s in specs}) == 1  # one shape a round
+        seen |= {(s.batch_size, s.local_epochs) for s in specs}
+    assert seen == {(b, e) for b in e2_class_leakage.PRIOR_BATCHES
+                    for e in e2_class_leakage.PRIOR_EPOCHS}
+
+
+def test_the_class_prototype_baseline_is_the_mean_public_image_of_the_read_class(planted):
+    fed, layout = planted
+    u = np.zeros(fed.p0.size, np.float32)
+    off, shape = layout["out.bias"]
+    u[off + 4] = 1.0  # an update that raises class 4's output bias only
+    proto = e3_reconstruction.class_prototype(u, layout, fed.x_aux, fed.y_aux)
+    np.testing.assert_allclose(proto, fed.x_aux[fed.y_aux == 4].mean(0), rtol=1e-6)

@@ -217,3 +217,133 @@ def test_every_reported_metric_has_a_declared_range():
                for r in json.loads(f.read_text())["rows"]}
     assert len(metrics) > 30
     assert metrics <= set(stats.METRIC_RANGES), sorted(metrics - set(stats.METRIC_RANGES))
+
+
+def test_audited_epsilon_at_a_fixed_threshold_is_the_hand_computed_cp_bound():
+    # 100 runs each side, perfectly separated at threshold 0.5: TPR_lo = 0.025^(1/100) and
+    # FPR_hi = 1 - 0.025^(1/100) (the exact one-sided 97.5 % Clopper-Pearson bounds)
+    lo = 0.025 ** (1 / 100)
+    want = math.log((lo - DELTA) / (1 - lo))
+    assert want == pytest.approx(3.28134, abs=1e-5)
+    got = defences.audited_epsilon(np.ones(100), np.zeros(100), DELTA, threshold=0.5)
+    assert got["eps_lb"] == pytest.approx(want, rel=1e-9)
+    assert (got["tpr"], got["fpr"]) == (1.0, 0.0)
+    # 60 of 100 above the threshold with the canary, 20 of 100 without
+    a = np.r_[np.ones(60), np.zeros(40)]
+    b = np.r_[np.ones(20), np.zeros(80)]
+    tpr_lo = sps.beta.ppf(0.025, 60, 41)
+    fpr_hi = sps.beta.ppf(0.975, 21, 80)
+    got = defences.audited_epsilon(a, b, DELTA, threshold=0.5)
+    assert got["eps_lb"] == pytest.approx(math.log((tpr_lo - DELTA) / fpr_hi), rel=1e-9)
+
+
+def test_audit_split_chooses_the_threshold_on_other_runs():
+    rng = np.random.default_rng(9)
+    a, b = rng.normal(2.0, 1, 5000), rng.normal(0, 1, 5000)
+    got = defences.audit_split(a, b, DELTA)
+    assert got["n_fit"] == 1000 and got["n_eval"] == 4000
+    held = defences.audited_epsilon(a[1000:], b[1000:], DELTA, threshold=got["threshold"])
+    assert got["eps_lb"] == pytest.approx(held["eps_lb"])
+    assert got["eps_lb"] <= defences.audited_epsilon(a[1000:], b[1000:], DELTA)["eps_lb"]
+
+
+# ---- example-level DP-SGD --------------------------------------------------------------
+
+RECIPES = [(117, 8, 1), (183, 8, 1), (312, 8, 1)]
+
+
+def test_dpsgd_is_calibrated_to_its_epsilon_for_the_worst_worker():
+    d = defences.dpsgd(8.0, 5, DELTA, RECIPES)
+    assert d.epsilon(5, DELTA, RECIPES) == pytest.approx(8.0, rel=1e-3)
+    # the smallest local set samples at the highest rate: it spends the most
+    small = d.epsilon(5, DELTA, RECIPES[:1])
+    assert small == pytest.approx(d.epsilon(5, DELTA, RECIPES), rel=1e-9)
+    assert d.epsilon(5, DELTA, RECIPES[2:]) < small
+    assert defences.dpsgd(1.0, 5, DELTA, RECIPES).sigma > d.sigma
+    assert defences.dpsgd(math.inf, 5, DELTA, RECIPES).sigma == 0.0
+    with pytest.raises(ValueError, match="eps"):
+        defences.dpsgd(-1.0, 5, DELTA, RECIPES)
+
+
+def test_dpsgd_without_noise_and_with_full_batches_is_plain_gradient_descent():
+    from fedf_jax import worker
+    from fedf_jax.privacy import views
+    from fedf_jax.privacy.common import Options
+
+    fed = views.make_federation(Options(workers=3, hidden=8), 0, batch_size=10_000)
+    fed = fed._replace(x_parts=[x[:20] for x in fed.x_parts],
+                       y_parts=[y[:20] for y in fed.y_parts])
+    d = defences.DPSGD("dpsgdinf", math.inf, clip=1e9, sigma=0.0, cost_sigma=0.0)
+    q, costs = d.train(fed, 0, 1, fed.p0)
+
+    def loss(p, x, y):
+        return worker.cross_entropy(fed.model.apply(p, x), y).mean()
+
+    for k in range(3):  # rate 1: every example every step, one step per local epoch
+        x, y = jnp.asarray(fed.x_parts[k]), jnp.asarray(fed.y_parts[k])
+        want = fed.p0 - fed.specs[k].lr * np.asarray(jax.grad(loss)(jnp.asarray(fed.p0), x, y))
+        np.testing.assert_allclose(q[k], want, atol=1e-6)
+        np.testing.assert_allclose(costs[k], float(loss(jnp.asarray(q[k]), x, y)), rtol=1e-5)
+
+
+def test_from_arm_builds_dpsgd_for_a_federation_and_asks_for_one():
+    from fedf_jax.privacy import views
+    from fedf_jax.privacy.common import Options
+
+    fed = views.make_federation(Options(workers=3, hidden=8), 0)
+    d = defences.from_arm("fedf+1+dpsgd8", 4, DELTA, fed=fed, example_clip=2.0)
+    assert isinstance(d, defences.DPSGD) and d.clip == 2.0 and d.sigma > 0
+    assert views.parse_arm("fedavg+dpsgd8") == ("fedavg", "+dpsgd8")
+    with pytest.raises(ValueError, match="pass `fed`"):
+        defences.from_arm("fedf+1+dpsgd8", 4, DELTA)
+
+
+# ---- tests of a regime's family of cells -----------------------------------------------
+
+def test_p_above_is_the_one_sided_t_test_and_the_binomial_bound_at_the_ends():
+    v = [0.12, 0.3, 0.05, 0.22, 0.18]
+    got = stats.p_above(v, 0.0, (-1.0, 1.0))
+    assert got.method == "student-t"
+    assert got.p == pytest.approx(sps.ttest_1samp(v, 0.0, alternative="greater").pvalue)
+    # 4 of 5 seeds at the top end of [0, 1]: P(Binom(5, 0.1) >= 4) against mean <= 0.1
+    got = stats.p_above([1, 1, 0, 1, 1], 0.1, (0.0, 1.0))
+    assert got.method.startswith("binomial")
+    assert got.p == pytest.approx(5 * 0.1 ** 4 * 0.9 + 0.1 ** 5)
+    assert stats.p_above([0.4, 0.4, 0.4], 0.0, (0.0, 1.0)).method == "no spread"
+    assert stats.p_above([0.9], 0.0).p == 1.0
+
+
+def test_holm_adjusts_step_down_and_keeps_the_order():
+    p = [0.01, 0.04, 0.03, 0.20]
+    # sorted: 0.01*4, 0.03*3, 0.04*2, 0.20*1, then the running maximum
+    np.testing.assert_allclose(stats.holm(p), [0.04, 0.09, 0.09, 0.20])
+    np.testing.assert_allclose(stats.holm([0.5]), [0.5])
+    assert stats.holm([]).size == 0
+    with pytest.raises(ValueError, match="pvalues"):
+        stats.holm([0.1, 1.5])
+
+
+def test_median_interval_uses_order_statistics_with_their_coverage():
+    v = np.arange(1.0, 11.0)  # n = 10: [x_(2), x_(9)] covers 1 - 2 P(B(10, .5) <= 1) = 0.979
+    iv = stats.median_interval(v)
+    assert (iv.mean, iv.lo, iv.hi, iv.method) == (5.5, 2.0, 9.0, "median order statistics")
+    assert 1 - 2 * sps.binom.cdf(2, 10, 0.5) < 0.95  # [x_(3), x_(8)] would not
+    few = stats.median_interval([3.0, 100.0, 100.0, 7.0, 100.0], (0, 100))
+    assert (few.mean, few.lo, few.hi, few.method) == (100.0, 3.0, 100.0, "median range")
+
+
+def test_judge_refutes_only_past_holm_and_the_margin():
+    from fedf_jax.privacy.common import judge
+
+    strong = ("a", [0.50, 0.55, 0.60, 0.52, 0.58])
+    weak = ("b", [0.01, 0.03, 0.02, 0.04, 0.02])  # significant, but below the margin
+    r, tests = judge("R", "given", [strong, weak], 0.2, (-1.0, 1.0))
+    assert r.verdict == "refuted" and [t.refutes for t in tests] == [True, False]
+    small, large = sorted(t.p for t in tests)  # Holm with two cells, by hand
+    assert sorted(t.p_holm for t in tests) == pytest.approx([2 * small, max(large, 2 * small)])
+    r, _ = judge("R", "given", [weak, ("c", [-0.05, 0.02, -0.01, 0.01, 0.0])], 0.2, (-1.0, 1.0))
+    assert r.verdict == "supported"
+    r, _ = judge("R", "given", [("d", [0.0] * 5)], 0.1, (0.0, 1.0))
+    assert r.verdict == "inconclusive" and r.reason.startswith("No ")
+    r, _ = judge("R", "given", [], 0.1, (0.0, 1.0))
+    assert r.verdict == "inconclusive"

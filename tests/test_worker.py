@@ -148,3 +148,15 @@ def test_worker_spec_rejects_bad_values():
                           ({"momentum": 1.0}, "momentum")]:
         with pytest.raises(ValueError, match=match):
             worker.WorkerSpec(**kwargs)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_all_finite_flags_nan_and_both_infinities(jit):
+    v = np.arange(37 * 5, dtype=np.float32).reshape(5, 37) - 90.0
+    v[1, 3], v[2, 36], v[4, 0] = np.nan, np.inf, -np.inf
+    fn = jax.jit(worker.all_finite) if jit else worker.all_finite
+    np.testing.assert_array_equal(fn(v), [True, False, False, True, False])
+    np.testing.assert_array_equal(jax.vmap(fn)(v), [True, False, False, True, False])
+    assert bool(fn(v[0])) and not bool(fn(v[1]))
+    big = np.full(37, np.finfo(np.float32).max, np.float32)  # finite, however large
+    assert bool(fn(big))

@@ -144,9 +144,43 @@ def worker_dual(A: ArrayLike, y: ArrayLike, mask: ArrayLike, x: ArrayLike, u: Ar
     (:func:`consensus_worker_stats`). A padding worker (``real`` 0) holds nothing: its x
     is z^k (alpha stays 0), so (3.7) would leave it z^k - z^{k+1}."""
     u = u_update(u, x, z) * real
-    stats = jax.vmap(consensus_worker_stats, (None, 0, None, 0, 0, 0, None))(A, y, mask, x, u,
-                                                                             z, C)
-    return u, stats
+    return u, _class_stats(A, y, mask, x, u, z, C)
+
+
+def _class_stats(A, y, mask, x, u, z, C) -> jax.Array:
+    """One worker's :func:`consensus_worker_stats` for every class: f32[K, 4]."""
+    return jax.vmap(consensus_worker_stats, (None, 0, None, 0, 0, 0, None))(A, y, mask, x, u,
+                                                                           z, C)
+
+
+def prox_z(z_prev: ArrayLike, prox: ArrayLike) -> tuple[jax.Array, jax.Array]:
+    """The z-update's (gamma, center) for the SVM regularizer 1/2 ||z||^2 plus a proximal
+    term (prox/2) ||z - z_prev||^2 (f32[K], f32[K, p]): gamma = 1 + prox, center =
+    prox z_prev / gamma (:func:`z_update`)."""
+    prox = jnp.asarray(prox, _f32)
+    gamma = 1.0 + prox
+    return gamma, (prox / gamma)[..., None] * jnp.asarray(z_prev, _f32)
+
+
+def consensus_top(state: ConsensusState, x: ArrayLike, member: ArrayLike,
+                  data: ConsensusData, hyper: Hyper, prox: ArrayLike = 0.0
+                  ) -> tuple[ConsensusState, StepInfo]:
+    """The master's side of asynchronous consensus ADMM with a partial barrier (Chang et
+    al. 2016): z (3.6) from ``sum_i (x_i + u_i)`` over every worker's latest x_i (f32[N, K,
+    p]) with the proximal term (prox/2) ||z - z^k||^2 (prox f32[K]: their gamma, which
+    keeps stale x_i from driving it unstable), u_i += x_i - z (3.7) for the workers that
+    just arrived (``member`` bool[N]); the residuals and objective as in
+    :func:`master_close`, rho unchanged (each worker's x-update used the rho it was sent)."""
+    k = state.z.shape[0]
+    n = jnp.sum(data.workers)
+    gamma, center = prox_z(state.z, jnp.broadcast_to(jnp.asarray(prox, _f32), (k,)))
+    z = master_z(masked_sum(x + state.u, data.workers), n, state.rho, gamma, center)
+    fresh = jax.vmap(u_update, (0, 0, None))(state.u, x, z) * data.workers[:, None, None]
+    u = jnp.where(jnp.asarray(member)[:, None, None], fresh, state.u)
+    stats = jax.vmap(_class_stats, (0, 0, 0, 0, 0, None, None))(data.A, data.y, data.mask, x,
+                                                                 u, z, hyper.C)
+    _, _, info = master_close(masked_sum(stats, data.workers), z, state.z, state.rho, n, hyper)
+    return state._replace(z=z, u=u), info
 
 
 def master_close(stats: ArrayLike, z: ArrayLike, z_prev: ArrayLike, rho: ArrayLike,
@@ -226,14 +260,23 @@ def group_inner(groups: ConsensusState, data: ConsensusData, hyper: Hyper, rho_t
 
 
 def top_update(state: HierState, groups: ConsensusState, data: ConsensusData, hyper: Hyper,
-               aggregate: Aggregate = masked_sum) -> tuple[HierState, StepInfo]:
+               aggregate: Aggregate = masked_sum, member: ArrayLike | None = None,
+               prox: ArrayLike = 0.0) -> tuple[HierState, StepInfo]:
     """The top level's consensus over the z_g (``groups.z``, after :func:`group_inner`): the
     z-update with the SVM regularizer, u_g += z_g - z, residuals and rho_top as in
-    :func:`consensus_step`. StepInfo's objective is at the top z over all the data."""
-    g = groups.z.shape[0]
+    :func:`consensus_step`. StepInfo's objective is at the top z over all the data.
+
+    ``member`` (bool[G]; asynchronous groups, Chang et al. 2016): only the groups that just
+    arrived update their u_g, the others' z_g are their latest, rho_top stays, and the
+    z-update has the proximal term (prox/2) ||z - z^k||^2 (:func:`consensus_top`)."""
+    g, k = groups.z.shape[0], state.z.shape[0]
     ones = jnp.ones((g,), _f32)
-    z = jax.vmap(z_update, (0, None, 0))(aggregate(groups.z + state.u, ones), g, state.rho)
+    gamma, center = prox_z(state.z, jnp.broadcast_to(jnp.asarray(prox, _f32), (k,)))
+    z = jax.vmap(z_update, (0, None, 0, 0, 0))(aggregate(groups.z + state.u, ones), g,
+                                               state.rho, gamma, center)
     u = u_update(state.u, groups.z, z[None])
+    if member is not None:
+        u = jnp.where(jnp.asarray(member)[:, None, None], u, state.u)
     # Each worker's hinge loss at the top z, summed in its group, then over the groups.
     loss = jax.vmap(hinge_loss, (0, None, 0, None, None))  # classes
     loss = jax.vmap(jax.vmap(loss, (None, 0, 0, 0, None)), (None, 0, 0, 0, None))  # G, N
@@ -245,6 +288,8 @@ def top_update(state: HierState, groups: ConsensusState, data: ConsensusData, hy
     res = jax.vmap(consensus_residuals, (0, 0, 0, 0, None, None))(stats, z, state.z,
                                                                   state.rho, g, hyper)
     rho, scale = adapt_rho(state.rho, res.r, res.s, hyper)
+    if member is not None:
+        rho, scale = state.rho, jnp.ones_like(scale)
     info = StepInfo(res, state.rho, 0.5 * jnp.sum(z * z, axis=-1) + loss, converged(res))
     return HierState(groups, z, u * scale[:, None], rho), info
 
@@ -265,5 +310,5 @@ def hier_step(state: HierState, data: ConsensusData, hyper: Hyper, top: Hyper | 
 
 __all__ = ["ConsensusData", "ConsensusState", "consensus_init", "x_update", "z_update",
            "u_update", "consensus_worker_stats", "consensus_residuals", "worker_x", "master_z",
-           "worker_dual", "master_close", "consensus_step", "HierState", "hier_init",
-           "group_inner", "top_update", "hier_step"]
+           "worker_dual", "prox_z", "consensus_top", "master_close", "consensus_step", "HierState",
+           "hier_init", "group_inner", "top_update", "hier_step"]

@@ -12,6 +12,9 @@ the module lays out and places once.
 - ``central``: one worker holding the union of the workers' data.
 - ``admm_svm`` (``admm-svm``): a linear SVM by ADMM, data split by samples or features.
 - ``hierarchy``: two levels (``--groups``) of fedf or fedavg.
+- ``asynchronous``: fedf or fedavg (flat or in groups) with an asynchronous top
+  (``--schedule async``).
+- ``secure``: the secure sums (``--secure-sum``) the others use.
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ def make(cfg: RunConfig, host: Host, placement: Placement) -> Algorithm:
     name = cfg.run.algorithm
     if name not in ALGORITHMS:
         raise ValueError(f"`algorithm` (={name!r}) must be one of {ALGORITHMS}.")
-    if name in ("fedf", "fedavg") and (cfg.run.groups > 1 or cfg.run.group_epochs > 1):
+    if cfg.run.schedule == "async":  # senders at their own speeds: a wrapper
+        name = "async_admm" if name == "admm-svm" else "asynchronous"
+    elif name in ("fedf", "fedavg") and (cfg.run.groups > 1 or cfg.run.group_epochs > 1):
         name = "hierarchy"  # two levels: a wrapper over the algorithm
     module = importlib.import_module(f"fedf_jax.algorithms.{name.replace('-', '_')}")
     return module.make(cfg, host, placement)

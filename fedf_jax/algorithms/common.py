@@ -7,9 +7,12 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from fedf_jax import codec
+from fedf_jax import codec, schedule
+from fedf_jax.harness import Compiler, Runner
 
 
 def epoch_record(out: dict[str, Any], counted: codec.EpochBytes, wall_s: float,
@@ -69,6 +72,8 @@ class Level(NamedTuple):
         test metrics.
       params: ``top state -> f32[M]``, the global model.
       epoch_bytes: ``(n participants) -> codec.EpochBytes`` of one epoch at one level.
+      vote: FEDF: ``(top state, q f32[G, M]) -> (packed u8[G, B], nonzero i32[G])``, each
+        group master's ternary against the top's last two models (Eq. 4/5); None else.
     """
 
     group_init: Callable
@@ -79,6 +84,48 @@ class Level(NamedTuple):
     top_step: Callable
     params: Callable
     epoch_bytes: Callable[[int], codec.EpochBytes]
+    vote: Callable | None = None
 
 
-__all__ = ["epoch_record", "model_exchange_bytes", "NO_BYTES", "Level"]
+# --- shared by the asynchronous top levels (``asynchronous``, ``async_admm``) -------------
+
+
+def rows_where(mask, new, old):
+    """Rows (leading axis) of ``new`` where ``mask``, else ``old``, for every leaf."""
+    return jax.tree.map(lambda a, b: jnp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, b),
+                        new, old)
+
+
+def clock_runner(apply: Callable, clock: schedule.Clock, compiler: Compiler) -> Callable:
+    """``harness.Algorithm.runner`` of an asynchronous loop: each epoch is the clock's next
+    update, applied by ``apply(state, update) -> (state, host outputs)``."""
+    def runner(state0, epochs: int) -> Runner:
+        del state0, epochs
+
+        def advance(state, count):
+            outs = []
+            for _ in range(count):
+                state, out = apply(state, clock.next())
+                outs.append(out)
+            return state, outs
+
+        return Runner(advance, 1, compiler.seconds)
+
+    return runner
+
+
+def keep_versions(hist: dict[int, Any], clock: schedule.Clock) -> None:
+    """Forgets the models no sender holds."""
+    for old in [k for k in hist if k < clock.oldest()]:
+        del hist[old]
+
+
+def clock_fields(upd: schedule.Update) -> dict[str, Any]:
+    """An update's asynchronous run-log fields."""
+    return {"clock_s": float(upd.time), "senders": list(upd.members),
+            "staleness": list(upd.staleness),
+            "stale_dropped": [{"sender": k, "start": s} for k, s in upd.dropped]}
+
+
+__all__ = ["epoch_record", "model_exchange_bytes", "NO_BYTES", "Level", "rows_where",
+           "clock_runner", "keep_versions", "clock_fields"]

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedf_jax import keys, layout, timing, worker
+from fedf_jax import keys, layout, stream, timing, worker
 from fedf_jax.algorithms.common import Level, epoch_record, model_exchange_bytes
 from fedf_jax.config import RunConfig
 from fedf_jax.harness import Algorithm, Host
@@ -71,25 +71,78 @@ def average(p: jax.Array, q: jax.Array, sizes: jax.Array, use: jax.Array) -> jax
     return jnp.where(total > 0, p_new, p)
 
 
+class Sum(NamedTuple):
+    """FedAvg's running sums over the usable workers so far (``--worker-chunk``)."""
+
+    weighted: jax.Array  # f32[M] sum_k S_k Q_k
+    weight: jax.Array  # f32[] sum_k S_k
+
+
+def fold_chunk(model, cohort: layout.Cohort, p: jax.Array, epoch: jax.Array,
+               train_key: jax.Array, sampled: jax.Array, acc: Sum, ch: stream.Chunk):
+    """One chunk of workers trained from ``p`` and added to the running weighted sum
+    (the sampled ones whose model is finite); a worker that sat the round out keeps its
+    optimizer state.
+
+    Returns:
+      (sums, (the chunk's optimizer states, its ``finite`` flags)).
+    """
+    q, opt = layout.train_cohort(model, cohort, p, train_key, epoch, ch.opt_state, ch.cd,
+                                 cost_pass=False)
+    finite = worker.all_finite(q)
+    chosen = stream.take(sampled, ch.worker, False)
+    use = ch.new & chosen & finite
+    w = jnp.where(use, ch.cd.sizes.astype(jnp.float32), 0.0)
+    acc = Sum(acc.weighted + w @ jnp.where(use[:, None], q, 0.0), acc.weight + w.sum())
+    opt = jax.tree.map(lambda a, b: jnp.where(chosen.reshape((-1,) + (1,) * (a.ndim - 1)),
+                                              a, b), opt, ch.opt_state)
+    return acc, (opt, {"finite": finite})
+
+
+def _streamed(model, lay: layout.Layout, k: int, sampled: jax.Array, state: State,
+              data: layout.Data) -> tuple[jax.Array, tuple, jax.Array]:
+    """Every worker trained K at a time (``--worker-chunk``): FedAvg's weighted mean
+    from running sums, with K local models alive at a time (``stream.scan_cohorts``).
+    Equal to :func:`average` over all workers to float32 rounding (another order of
+    the sum).
+
+    Returns:
+      (P^t, the optimizer states per cohort, finite bool[N]).
+    """
+    def body(cohort, acc, ch):
+        return fold_chunk(model, cohort, state.p, state.epoch, data.train_key, sampled, acc,
+                          ch)
+
+    start = Sum(jnp.zeros_like(state.p), jnp.float32(0))
+    acc, opt_states, outs = stream.scan_cohorts(body, start, lay, k, data.cohorts,
+                                                state.opt_states)
+    p_new = jnp.where(acc.weight > 0, acc.weighted / jnp.maximum(acc.weight, 1e-30), state.p)
+    return p_new, opt_states, layout.to_workers(lay, [o["finite"] for o in outs])
+
+
 def round_(model, lay: layout.Layout, spread, m: int, sample_key: jax.Array, state: State,
-           data: layout.Data) -> tuple[State, dict]:
-    """One FedAvg round without the test pass (an inner epoch of the hierarchy)."""
+           data: layout.Data, chunk: int | None = None) -> tuple[State, dict]:
+    """One FedAvg round without the test pass (an inner epoch of the hierarchy;
+    ``chunk``: the workers streamed that many at a time)."""
     n = lay.n_workers
-    q, opt_states = local_models(model, lay, spread, state.p, state.opt_states, data,
-                                 state.epoch)
     sampled = sample(sample_key, state.epoch, n, m)
-    finite = jnp.all(jnp.isfinite(q), axis=1)
-    p_new = average(state.p, q, data.sizes, sampled & finite)
+    if chunk is None:
+        q, opt_states = local_models(model, lay, spread, state.p, state.opt_states, data,
+                                     state.epoch)
+        finite = worker.all_finite(q)
+        p_new = average(state.p, q, data.sizes, sampled & finite)
+        new_states = layout.keep_rows(lay, sampled, opt_states, state.opt_states)
+    else:
+        p_new, new_states, finite = _streamed(model, lay, chunk, sampled, state, data)
     out = {"epoch": state.epoch, "costs": jnp.full((n,), jnp.nan), "sampled": sampled,
            "finite": finite}
-    new_states = layout.keep_rows(lay, sampled, opt_states, state.opt_states)
     return State(p_new, new_states, state.epoch + 1), out
 
 
 def epoch(model, lay: layout.Layout, spread, m: int, sample_key: jax.Array, state: State,
-          data: layout.Data):
+          data: layout.Data, chunk: int | None = None):
     """One FedAvg round, then the test metrics; pure and jittable."""
-    state, out = round_(model, lay, spread, m, sample_key, state, data)
+    state, out = round_(model, lay, spread, m, sample_key, state, data, chunk)
     loss, acc = worker.evaluate(model, state.p, data.x_test, data.y_test, data.y_test.shape[0],
                                 lay.test_chunk)
     return state, {**out, "test_loss": loss, "test_accuracy": acc}
@@ -100,20 +153,22 @@ def init(lay: layout.Layout, data: layout.Data, p0: jax.Array) -> State:
     return State(jnp.copy(p0), layout.init_opt_states(lay, data, p0), jnp.int32(1))
 
 
-def level(cfg: RunConfig, model, lay: layout.Layout, sample_key: jax.Array) -> Level:
+def level(cfg: RunConfig, model, lay: layout.Layout, sample_key: jax.Array,
+          chunk: int | None = None) -> Level:
     """FedAvg as one level of the hierarchy: HierFAVG (Liu et al. 2020). Each group
-    averages its workers' models; the top averages the groups' models weighted by S_g."""
+    averages its workers' models (``chunk``: streamed that many at a time); the top
+    averages the groups' models weighted by S_g."""
     m = model.num_params
 
     def top_step(top: State, q, costs, sizes, x_test, y_test):
-        finite = jnp.all(jnp.isfinite(q), axis=1)
+        finite = worker.all_finite(q)
         p = average(top.p, q, sizes, finite)
         loss, acc = worker.evaluate(model, p, x_test, y_test, y_test.shape[0], lay.test_chunk)
         return State(p, (), top.epoch + 1), {"epoch": top.epoch, "finite": finite,
                                              "test_loss": loss, "test_accuracy": acc}
 
     return Level(init, functools.partial(round_, model, lay, layout.HERE.spread,
-                                         lay.n_workers, sample_key),
+                                         lay.n_workers, sample_key, chunk=chunk),
                  lambda g, top: g._replace(p=top.p),
                  lambda g, data, out: (g.p, jnp.float32(jnp.nan), jnp.sum(data.sizes)),
                  lambda p0, n: State(jnp.copy(p0), (), jnp.int32(1)), top_step,
@@ -139,10 +194,11 @@ def make(cfg: RunConfig, host: Host, placement: Placement) -> Algorithm:
         rec["sampled"] = np.flatnonzero(sampled).tolist()
         return rec
 
-    step = functools.partial(epoch, host.model, w.layout, placement.spread, m, sample_key)
+    step = functools.partial(epoch, host.model, w.layout, placement.spread, m, sample_key,
+                             chunk=cfg.run.worker_chunk)
     return Algorithm(functools.partial(init, w.layout, w.data, host.p0), step, w.data, record,
                      lambda s: s.p, list(placement.devices), host.model.num_params)
 
 
-__all__ = ["State", "sampled_count", "sample", "local_models", "average", "round_", "epoch",
-           "init", "level", "make"]
+__all__ = ["State", "Sum", "sampled_count", "sample", "local_models", "average", "fold_chunk",
+           "round_", "epoch", "init", "level", "make"]

@@ -20,8 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedf_jax import codec, layout, master, timing, worker
+from fedf_jax import codec, layout, master, protocol, stream, timing, worker
 from fedf_jax.algorithms.common import Level, epoch_record
+from fedf_jax.algorithms.secure import SecureSum, account, frac_bits, secagg_votes
 from fedf_jax.config import MasterConfig, RunConfig
 from fedf_jax.harness import Algorithm, Host
 from fedf_jax.layout import Placement
@@ -83,9 +84,11 @@ def conclude(model: Model, test_chunk: int, cfg: MasterConfig, ms: master.Master
 
 
 def combine(lay: layout.Layout, cfg: MasterConfig, state: State, data: layout.Data,
-            outs: Sequence[CohortOut]) -> tuple[State, dict]:
+            outs: Sequence[CohortOut], secure: SecureSum | None = None
+            ) -> tuple[State, dict]:
     """The master's side on the gathered cohort outputs, without the test pass: pilot
-    choice (Eq. 1), the pilot's model, Eq. (3) over the packed ternaries."""
+    choice (Eq. 1), the pilot's model, Eq. (3) over the packed ternaries, or (``secure``)
+    over the sum of the workers' integer votes that a secure layer hands the master."""
     def gather(field):
         return layout.to_workers(lay, [getattr(o, field) for o in outs])
 
@@ -93,42 +96,171 @@ def combine(lay: layout.Layout, cfg: MasterConfig, state: State, data: layout.Da
     ms = state.master
     sel = master.select(ms, costs, data.sizes)
     q_pilot = layout.row_of(lay, [o.q for o in outs], jnp.maximum(sel.pilot, 0))
-    new_master = master.update(ms, sel, costs, q_pilot, packed, data.sizes, data.betas, cfg)
-    out = {"epoch": ms.epoch, "costs": costs, "goodness": sel.goodness, "pilot": sel.pilot,
-           "valid": sel.valid, "nonzero": nonzero}
-    return State(new_master, tuple(o.opt_state for o in outs)), out
+    if secure is None:
+        new_master = master.update(ms, sel, costs, q_pilot, packed, data.sizes, data.betas,
+                                   cfg)
+    else:  # each worker's share of the vote sum, summed by the secure layer
+        rows, c = protocol.integer_votes(packed, ms.p_prev.shape[-1], data.sizes, sel.pilot,
+                                         cfg.alpha0, data.betas, ms.epoch, cfg.scheme,
+                                         sel.valid, secure.frac_bits)
+        new_master = master.apply_total(ms, sel, costs, q_pilot,
+                                        secure.total(rows, ms.epoch), c, cfg)
+    return State(new_master, tuple(o.opt_state for o in outs)), _outputs(ms, sel, costs,
+                                                                          nonzero)
 
 
-def master_side(model: Model, lay: layout.Layout, cfg: MasterConfig, state: State,
-                data: layout.Data, outs: Sequence[CohortOut]) -> tuple[State, dict]:
-    """The master's side (:func:`combine`), then the test metrics of P^t."""
-    new, out = combine(lay, cfg, state, data, outs)
+def _outputs(ms: master.MasterState, sel: master.Selection, costs, nonzero) -> dict:
+    return {"epoch": ms.epoch, "costs": costs, "goodness": sel.goodness, "pilot": sel.pilot,
+            "valid": sel.valid, "nonzero": nonzero}
+
+
+class Running(NamedTuple):
+    """The master's side of a streamed epoch (``--worker-chunk``) over the workers so
+    far: the vote sum of Eq. (3) and the best goodness (Eq. 1) with its worker's
+    model and ternary."""
+
+    lanes: tuple  # sum_k w_k T_k over the workers seen, the best's included, in lanes
+    #               (``protocol.vote_lanes``)
+    goodness: jax.Array  # f32[] the best goodness so far; -inf before any
+    worker: jax.Array  # i32[] its worker; N before any
+    q: jax.Array  # f32[M] its local model Q_k
+    packed: jax.Array  # u8[packed_size(M)] its ternary T_k
+
+    @classmethod
+    def empty(cls, m: int, n_workers: int, scheme: str) -> Running:
+        packed = jnp.zeros((1, codec.packed_size(m, scheme)), jnp.uint8)
+        return cls(protocol.vote_lanes(packed, jnp.zeros(1), scheme), jnp.float32(-jnp.inf),
+                   jnp.int32(n_workers), jnp.zeros((m,), jnp.float32), packed[0])
+
+
+def beats(best_g: jax.Array, best_k: jax.Array, g: jax.Array, worker: jax.Array,
+          new: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Whether a chunk holds a better pilot than the best so far (Eq. 1's argmax, one
+    chunk at a time): a higher goodness, or the same from a lower worker index; a
+    non-finite goodness, or a row of another chunk (``new`` False), never.
+
+    Args:
+      best_g, best_k: the best goodness so far (f32[]) and its worker (i32[]).
+      g: f32[K'] the chunk's goodness; worker: i32[K'] its rows' workers (ascending);
+        new: bool[K'] the rows this chunk owns.
+
+    Returns:
+      (bool[], i32[] the chunk's best row).
+    """
+    row = protocol.select_pilot(jnp.where(new, g, jnp.nan))  # ties: the lowest row
+    r = jnp.maximum(row, 0)
+    return (row >= 0) & ((g[r] > best_g) | ((g[r] == best_g) & (worker[r] < best_k))), r
+
+
+def fold_chunk(model: Model, cohort: layout.Cohort, cfg: MasterConfig,
+               ms: master.MasterState, weights: jax.Array, train_key: jax.Array,
+               run: Running, ch: stream.Chunk):
+    """One chunk of workers (:func:`cohort_side`: train, cost, packed ternary) folded
+    into the running pilot choice and vote sum.
+
+    A worker's goodness (Eq. 1) needs only its own costs, so the pilot is a running
+    argmax: the best goodness so far, ties to the lowest worker index, a non-finite
+    goodness never (``protocol.select_pilot`` within the chunk, whose rows are in
+    ascending worker order). Every worker with a finite cost adds ``w_k T_k``
+    (``weights``: Eq. 3's ``w_k`` for all N, the pilot's not yet zeroed).
+
+    Returns:
+      (running state, (the chunk's optimizer states, its costs and non-zero counts)).
+    """
+    out = cohort_side(model, cohort, cfg.scheme, ms.p_prev, ms.p_prev2, ms.epoch, train_key,
+                      ch.opt_state, ch.cd)
+    g = protocol.goodness(out.costs, stream.take(ms.prev_costs, ch.worker, jnp.nan),
+                          ch.cd.sizes, ms.epoch)
+    better, best = beats(run.goodness, run.worker, g, ch.worker, ch.new)
+    gain, who = g[best], ch.worker[best]
+    w = jnp.where(ch.new & jnp.isfinite(out.costs), stream.take(weights, ch.worker, 0.0), 0.0)
+    votes = protocol.vote_lanes(out.packed, w, cfg.scheme)
+    lanes = tuple(a + b for a, b in zip(run.lanes, votes, strict=True))
+    run = Running(lanes, *(jnp.where(better, new, old) for new, old in zip(
+        (gain, who, out.q[best], out.packed[best]), run[1:], strict=True)))
+    return run, (out.opt_state, {"costs": out.costs, "nonzero": out.nonzero})
+
+
+def streamed_side(model: Model, lay: layout.Layout, cfg: MasterConfig, k: int, state: State,
+                  data: layout.Data) -> tuple[State, dict]:
+    """Both sides of one epoch with the workers streamed K at a time (``--worker-chunk``),
+    without the test pass: the pilot (Eq. 1) and P^t (Eq. 3) of :func:`combine` over
+    all workers, with K local models alive at a time (``stream.scan_cohorts``).
+
+    Eq. (3) sums over k != k*: the running sum holds every worker's term, and the
+    pilot's is taken out at the end. With one beta the terms are integers (``w_k =
+    S_k``), so this is the whole-epoch master's sum bit for bit; with one beta per
+    worker it is equal to float32 rounding (another order of the sum).
+    """
+    ms = state.master
+    m = ms.p_prev.shape[-1]
+    weights, c = protocol.update_weights(data.sizes, -1, cfg.alpha0, data.betas, ms.epoch)
+
+    def body(cohort, run, ch):
+        return fold_chunk(model, cohort, cfg, ms, weights, data.train_key, run, ch)
+
+    run, opt_states, outs = stream.scan_cohorts(
+        body, Running.empty(m, lay.n_workers, cfg.scheme), lay, k, data.cohorts,
+        state.opt_states)
+    costs = layout.to_workers(lay, [o["costs"] for o in outs])
+    sel = master.select(ms, costs, data.sizes)  # the running argmax's pilot, and goodness
+    own = protocol.vote_lanes(run.packed[None], weights[jnp.maximum(sel.pilot, 0)][None],
+                              cfg.scheme)
+    lanes = tuple(a - b for a, b in zip(run.lanes, own, strict=True))
+    # The fused kernel's last loop (interleave, then Eq. 3), as the whole-epoch master
+    # runs it. XLA's CPU code may contract its multiply-add into an FMA or not,
+    # depending on what else it fuses into that loop: then P^t differs by one ulp.
+    new_master = master.apply_lanes(ms, sel, costs, run.q, lanes, c, cfg)
+    nonzero = layout.to_workers(lay, [o["nonzero"] for o in outs])
+    return State(new_master, opt_states), _outputs(ms, sel, costs, nonzero)
+
+
+def add_test_metrics(model: Model, lay: layout.Layout, data: layout.Data, new: State,
+                     out: dict) -> tuple[State, dict]:
+    """The test metrics of P^t added to an epoch's outputs."""
     loss, acc = worker.evaluate(model, new.master.p_prev, data.x_test, data.y_test,
                                 data.y_test.shape[0], lay.test_chunk)
     return new, {**out, "test_loss": loss, "test_accuracy": acc}
 
 
+def master_side(model: Model, lay: layout.Layout, cfg: MasterConfig, state: State,
+                data: layout.Data, outs: Sequence[CohortOut],
+                secure: SecureSum | None = None) -> tuple[State, dict]:
+    """The master's side (:func:`combine`), then the test metrics of P^t."""
+    return add_test_metrics(model, lay, data, *combine(lay, cfg, state, data, outs, secure))
+
+
 def epoch(model: Model, lay: layout.Layout, cfg: MasterConfig, spread: Callable,
-          state: State, data: layout.Data) -> tuple[State, dict]:
-    """One FEDF global epoch for all workers (Algorithms 1 and 2); pure and jittable."""
+          state: State, data: layout.Data, secure: SecureSum | None = None,
+          chunk: int | None = None) -> tuple[State, dict]:
+    """One FEDF global epoch for all workers (Algorithms 1 and 2); pure and jittable
+    (``secure``: the vote sum through a secure layer, a host callback; ``chunk``: the
+    workers streamed that many at a time, :func:`streamed_side`)."""
+    if chunk is not None:
+        new, out = streamed_side(model, lay, cfg, chunk, state, data)
+        return add_test_metrics(model, lay, data, new, out)
     ms = state.master
     outs = workers_side(model, lay, cfg.scheme, spread, ms.p_prev, ms.p_prev2, ms.epoch,
                         state.opt_states, data)
-    return master_side(model, lay, cfg, state, data, outs)
+    return master_side(model, lay, cfg, state, data, outs, secure)
 
 
 def group_epoch(model: Model, lay: layout.Layout, cfg: MasterConfig, spread: Callable,
-                state: State, data: layout.Data) -> tuple[State, dict]:
+                secure: SecureSum | None, state: State, data: layout.Data,
+                chunk: int | None = None) -> tuple[State, dict]:
     """One FEDF epoch of a group's workers under its group master, without a test pass
-    (an inner epoch of the hierarchy)."""
+    (an inner epoch of the hierarchy; ``chunk``: streamed, :func:`streamed_side`)."""
+    if chunk is not None:
+        return streamed_side(model, lay, cfg, chunk, state, data)
     ms = state.master
     outs = workers_side(model, lay, cfg.scheme, spread, ms.p_prev, ms.p_prev2, ms.epoch,
                         state.opt_states, data)
-    return combine(lay, cfg, state, data, outs)
+    return combine(lay, cfg, state, data, outs, secure)
 
 
 def level(cfg: RunConfig, model: Model, lay: layout.Layout, betas_g: np.ndarray,
-          placement: Placement = layout.HERE) -> Level:
+          placement: Placement = layout.HERE, secure: SecureSum | None = None,
+          top_secure: SecureSum | None = None, chunk: int | None = None) -> Level:
     """FEDF as one level of the hierarchy (DESIGN §8).
 
     Each outer epoch the group's P^{t-1} becomes the top's model and its P^{t-2} stays
@@ -142,6 +274,9 @@ def level(cfg: RunConfig, model: Model, lay: layout.Layout, betas_g: np.ndarray,
 
     Args:
       betas_g: f32[G] each group's beta.
+      secure, top_secure: the vote sums inside the groups and at the top through a secure
+        layer (``algorithms.secure``), or None.
+      chunk: each group's workers streamed that many at a time (:func:`streamed_side`).
     """
     scheme, m = cfg.master.scheme, model.num_params
 
@@ -157,23 +292,36 @@ def level(cfg: RunConfig, model: Model, lay: layout.Layout, betas_g: np.ndarray,
                          / jnp.maximum(w.sum(), 1.0), jnp.nan)
         return g.master.p_prev, cost, jnp.sum(data.sizes)
 
+    def vote(top: master.MasterState, q):
+        return jax.vmap(worker.ternary_message, in_axes=(0, None, None, None, 0, None, None))(
+            q, top.p_prev, top.p_prev2, cfg.master.alpha0, jnp.asarray(betas_g, jnp.float32),
+            top.epoch, scheme)
+
     def top_step(top: master.MasterState, q, costs, sizes, x_test, y_test):
         betas = jnp.asarray(betas_g, jnp.float32)
-        packed, nonzero = jax.vmap(worker.ternary_message,
-                                   in_axes=(0, None, None, None, 0, None, None))(
-            q, top.p_prev, top.p_prev2, cfg.master.alpha0, betas, top.epoch, scheme)
+        packed, nonzero = vote(top, q)
         sel = master.select(top, costs, sizes)
-        new, loss, acc = conclude(model, lay.test_chunk, cfg.master, top, sel, costs,
-                                  q[jnp.maximum(sel.pilot, 0)], packed, sizes, betas, x_test,
-                                  y_test)
+        q_pilot = q[jnp.maximum(sel.pilot, 0)]
+        if top_secure is None:
+            new, loss, acc = conclude(model, lay.test_chunk, cfg.master, top, sel, costs,
+                                      q_pilot, packed, sizes, betas, x_test, y_test)
+        else:  # the groups' shares of the top's vote sum, summed by the secure layer
+            rows, c = protocol.integer_votes(packed, m, sizes, sel.pilot, cfg.master.alpha0,
+                                             betas, top.epoch, scheme, sel.valid,
+                                             top_secure.frac_bits)
+            new = master.apply_total(top, sel, costs, q_pilot,
+                                     top_secure.total(rows, top.epoch), c, cfg.master)
+            loss, acc = worker.evaluate(model, new.p_prev, x_test, y_test, y_test.shape[0],
+                                        lay.test_chunk)
         return new, {"epoch": top.epoch, "goodness": sel.goodness, "pilot": sel.pilot,
                      "valid": sel.valid, "nonzero": nonzero, "test_loss": loss,
                      "test_accuracy": acc}
 
     return Level(functools.partial(init, placement=placement),
-                 functools.partial(group_epoch, model, lay, cfg.master, placement.spread),
+                 functools.partial(group_epoch, model, lay, cfg.master, placement.spread,
+                                   secure, chunk=chunk),
                  reset, contribution, lambda p0, g: master.init(p0, g), top_step,
-                 lambda top: top.p_prev, lambda k: codec.epoch_bytes(m, k, scheme))
+                 lambda top: top.p_prev, lambda k: codec.epoch_bytes(m, k, scheme), vote)
 
 
 def make_record(cfg: RunConfig, sizes, n_params: int) -> Callable[[dict, float], dict]:
@@ -183,6 +331,7 @@ def make_record(cfg: RunConfig, sizes, n_params: int) -> Callable[[dict, float],
     ternary that did not arrive is no vote and stays out of the non-zero fraction.
     """
     n, scheme = cfg.n_workers, cfg.master.scheme
+    secure = cfg.master.secure_sum != "none"
     work = timing.work_units(sizes, [s.local_epochs for s in cfg.specs])
 
     def record(out: dict[str, Any], wall_s: float) -> dict[str, Any]:
@@ -196,6 +345,8 @@ def make_record(cfg: RunConfig, sizes, n_params: int) -> Callable[[dict, float],
                                          cfg.run.latency)
         rec = epoch_record(out, counted, wall_s, modeled, pilot=pilot,
                            goodness=out["goodness"], nonzero_fraction=nz, dropped=dropped)
+        if secure:  # every worker's masked vote (zeros too) replaces the ternaries
+            rec = account(rec, [(n, n_params)], (n - 1) * (pilot >= 0))
         if dropped:
             log.warning("epoch %d: workers %s reported a non-finite cost; their ternaries "
                         "were dropped%s", rec["epoch"], dropped,
@@ -216,11 +367,17 @@ def init(lay: layout.Layout, data: layout.Data, p0: jax.Array,
 def make(cfg: RunConfig, host: Host, placement: Placement) -> Algorithm:
     """FEDF over the run's workers, placed by the backend."""
     w = host.workers(placement)
-    step = functools.partial(epoch, host.model, w.layout, cfg.master, placement.spread)
+    secure = None
+    if cfg.master.secure_sum == "secagg":
+        bits = frac_bits(w.sizes, cfg.master.betas(cfg.n_workers))
+        secure = secagg_votes(cfg.run.seed, bits)
+    step = functools.partial(epoch, host.model, w.layout, cfg.master, placement.spread,
+                             secure=secure, chunk=cfg.run.worker_chunk)
     return Algorithm(functools.partial(init, w.layout, w.data, host.p0, placement), step,
                      w.data, make_record(cfg, w.sizes, host.model.num_params),
                      lambda s: s.master.p_prev, list(placement.devices), host.model.num_params)
 
 
-__all__ = ["State", "CohortOut", "cohort_side", "workers_side", "conclude", "master_side",
+__all__ = ["State", "CohortOut", "Running", "cohort_side", "workers_side", "conclude",
+           "beats", "fold_chunk", "streamed_side", "add_test_metrics", "master_side",
            "epoch", "group_epoch", "level", "make_record", "init", "make"]

@@ -7,7 +7,8 @@ outer epoch is one jitted step:
 1. the top's model goes to every group master (``reset``);
 2. each group runs ``--group-epochs`` (kappa) inner epochs of the algorithm over its
    workers: ``vmap`` over the groups of the algorithm's group epoch, whose workers are
-   vmapped in turn (groups padded alike, ``layout.build_groups``; no Python loop);
+   vmapped in turn (groups padded alike, ``layout.build_groups``; no Python loop), or
+   streamed ``max(1, K // G)`` at a time in each group with ``--worker-chunk K``;
 3. each group master is one worker of the top level (``contribution``: FEDF's S_g,
    C_g, Q_g), and the top runs the same algorithm's rule over the G groups, then the
    test pass.
@@ -33,7 +34,7 @@ import jax
 import numpy as np
 
 from fedf_jax import codec, keys, layout, timing
-from fedf_jax.algorithms import fedavg, fedf
+from fedf_jax.algorithms import fedavg, fedf, secure
 from fedf_jax.algorithms.common import Level, epoch_record
 from fedf_jax.config import RunConfig
 from fedf_jax.harness import Algorithm, Host
@@ -49,9 +50,13 @@ def _index(tree, i):
     return jax.tree.map(lambda a: a[i], tree)
 
 
-def outer(level: Level, kappa: int, single: bool, state: State,
-          data: layout.Data) -> tuple[State, dict]:
-    """One outer epoch of the hierarchy; pure and jittable."""
+def groups_side(level: Level, kappa: int, single: bool, state: State, data: layout.Data):
+    """Every group from the top's model: ``reset``, kappa inner epochs, ``contribution``.
+
+    Returns:
+      (group states, q f32[G, M], costs f32[G], sizes f32[G], the last inner epoch's
+      outputs with a leading G axis).
+    """
     groups = jax.vmap(level.reset, in_axes=(0, None))(state.groups, state.top)
 
     def inner(g, d):
@@ -66,11 +71,23 @@ def outer(level: Level, kappa: int, single: bool, state: State,
     else:
         groups, out = jax.vmap(inner, in_axes=(0, GROUP_AXES))(groups, data)
     q, cost, size = jax.vmap(level.contribution, in_axes=(0, GROUP_AXES, 0))(groups, data, out)
-    top, top_out = level.top_step(state.top, q, cost, size, data.x_test, data.y_test)
-    group_out = {"group_costs": out["costs"]}
+    return groups, q, cost, size, out
+
+
+def group_outputs(out: dict, size) -> dict:
+    """The groups' fields of an outer epoch's outputs."""
+    group_out = {"group_costs": out["costs"], "group_sizes": size}
     if "pilot" in out:
         group_out["group_pilots"] = out["pilot"]
-    return State(groups, top), {**top_out, **group_out, "group_sizes": size}
+    return group_out
+
+
+def outer(level: Level, kappa: int, single: bool, state: State,
+          data: layout.Data) -> tuple[State, dict]:
+    """One outer epoch of the hierarchy; pure and jittable."""
+    groups, q, cost, size, out = groups_side(level, kappa, single, state, data)
+    top, top_out = level.top_step(state.top, q, cost, size, data.x_test, data.y_test)
+    return State(groups, top), {**top_out, **group_outputs(out, size)}
 
 
 def _sum(items: list[codec.EpochBytes], times: int = 1) -> codec.EpochBytes:
@@ -115,9 +132,85 @@ def make_record(cfg: RunConfig, sizes: np.ndarray, n_params: int,
             rec["group_pilots"] = [int(p) for p in out["group_pilots"]]
         rec.update(bytes_group=int(group_bytes.total), bytes_top=int(top_bytes.total),
                    group_sizes=np.asarray(out["group_sizes"], np.int64))
+        if cfg.master.secure_sum != "none":  # secure sums in place of ternaries
+            before = rec["bytes_total"]
+            inner = [(len(g), n_params) for g in groups] * kappa
+            rec = secure.account(rec, inner, kappa * sum(len(g) - 1 for g in groups))
+            rec["bytes_group"] += rec["bytes_total"] - before
+            if cfg.master.secure_sum == "paillier":
+                before = rec["bytes_total"]
+                rec = secure.account(rec, [], len(groups) - 1, secure.paillier_bytes(
+                    len(groups), n_params, cfg.master.paillier_bits))
+                rec["bytes_top"] += rec["bytes_total"] - before
         return rec
 
     return record
+
+
+class Setup(NamedTuple):
+    """A two-level run laid out: the algorithm's :class:`Level`, the groups' data, and
+    what the top level needs (``betas`` f32[G] and ``top_secure`` of FEDF's top)."""
+
+    level: Level
+    groups: layout.Groups
+    kappa: int
+    rounds: int  # message rounds of one epoch at one level
+    betas: np.ndarray | None
+    top_secure: secure.SecureSum | None
+    init: Callable[[], State]
+
+
+def group_chunk(cfg: RunConfig) -> int | None:
+    """Workers per chunk inside each group with ``--worker-chunk K``: ``max(1, K // G)``,
+    so that the G groups, vmapped, train about K workers at a time; None: no streaming."""
+    k = cfg.run.worker_chunk
+    return None if k is None else max(1, k // cfg.run.groups)
+
+
+def setup(cfg: RunConfig, host: Host) -> Setup:
+    """``cfg.run.algorithm`` (fedf or fedavg) in ``cfg.run.groups`` groups, laid out."""
+    ds, groups = host.dataset, cfg.group_workers()
+    betas = cfg.master.betas(cfg.n_workers)
+    g = layout.build_groups(cfg.specs, ds.x_train, ds.y_train, host.parts, groups,
+                            betas=betas, x_test=ds.x_test, y_test=ds.y_test,
+                            train_key=host.train_key, augment=cfg.data.augment)
+    betas_g = top = None
+    if cfg.run.algorithm == "fedf":
+        betas_g = np.array([betas[list(m)].mean() for m in groups], np.float32)
+        inner = None
+        mode = cfg.master.secure_sum
+        if mode != "none":  # secure aggregation inside the groups, Paillier at the top
+            inner = secure.secagg_votes(cfg.run.seed, secure.frac_bits(g.sizes, betas),
+                                        b" group")
+        if mode == "paillier":
+            top = secure.paillier_votes(cfg.run.seed, secure.frac_bits(g.sizes, betas_g),
+                                        cfg.master.paillier_bits)
+        level = fedf.level(cfg, host.model, g.layout, betas_g, secure=inner, top_secure=top,
+                           chunk=group_chunk(cfg))
+        rounds = timing.ROUNDS
+    else:
+        level = fedavg.level(cfg, host.model, g.layout, keys.stream(cfg.run.seed, keys.SAMPLE),
+                             chunk=group_chunk(cfg))
+        rounds = fedavg.LINK_ROUNDS
+
+    def init() -> State:
+        per = jax.vmap(functools.partial(level.group_init, g.layout), in_axes=(GROUP_AXES, None))
+        return State(per(g.data, host.p0), level.top_init(host.p0, len(groups)))
+
+    return Setup(level, g, cfg.run.group_epochs, rounds, betas_g, top, init)
+
+
+def in_worker_order(g: layout.Groups, n_workers: int, out: dict[str, Any]) -> dict[str, Any]:
+    """Host outputs with ``costs`` f32[N] in worker order (from ``group_costs`` at group
+    positions) and ``group_pilots`` as global worker ids (-1: none)."""
+    real = g.where >= 0
+    costs = np.full(n_workers, np.nan)
+    costs[g.where[real]] = np.asarray(out["group_costs"])[real]
+    out = {**out, "costs": costs}
+    if "group_pilots" in out:
+        out["group_pilots"] = [int(g.where[i, p]) if p >= 0 else -1
+                               for i, p in enumerate(np.asarray(out["group_pilots"]))]
+    return out
 
 
 def make(cfg: RunConfig, host: Host, placement: Placement) -> Algorithm:
@@ -125,39 +218,17 @@ def make(cfg: RunConfig, host: Host, placement: Placement) -> Algorithm:
     if placement.name != "vmap":
         raise ValueError(f"`groups` (={cfg.run.groups}) runs on the vmap backend, not "
                          f"{placement.name!r}.")
-    ds, groups, kappa = host.dataset, cfg.group_workers(), cfg.run.group_epochs
-    g = layout.build_groups(cfg.specs, ds.x_train, ds.y_train, host.parts, groups,
-                            betas=cfg.master.betas(cfg.n_workers), x_test=ds.x_test,
-                            y_test=ds.y_test, train_key=host.train_key,
-                            augment=cfg.data.augment)
-    betas = cfg.master.betas(cfg.n_workers)
-    if cfg.run.algorithm == "fedf":
-        level = fedf.level(cfg, host.model, g.layout,
-                           np.array([betas[list(m)].mean() for m in groups], np.float32))
-        rounds = timing.ROUNDS
-    else:
-        level = fedavg.level(cfg, host.model, g.layout, keys.stream(cfg.run.seed, keys.SAMPLE))
-        rounds = fedavg.LINK_ROUNDS
-
-    def init() -> State:
-        per = jax.vmap(functools.partial(level.group_init, g.layout), in_axes=(GROUP_AXES, None))
-        return State(per(g.data, host.p0), level.top_init(host.p0, len(groups)))
-
-    base = make_record(cfg, g.sizes, host.model.num_params, level.epoch_bytes, rounds)
-    real = g.where >= 0
+    st = setup(cfg, host)
+    base = make_record(cfg, st.groups.sizes, host.model.num_params, st.level.epoch_bytes,
+                       st.rounds)
 
     def record(out, wall_s):
-        costs = np.full(cfg.n_workers, np.nan)  # group positions -> worker order
-        costs[g.where[real]] = np.asarray(out["group_costs"])[real]
-        out = {**out, "costs": costs}
-        if "group_pilots" in out:
-            out["group_pilots"] = [int(g.where[i, p]) if p >= 0 else -1
-                                   for i, p in enumerate(np.asarray(out["group_pilots"]))]
-        return base(out, wall_s)
+        return base(in_worker_order(st.groups, cfg.n_workers, out), wall_s)
 
-    step = functools.partial(outer, level, kappa, len(groups) == 1)
-    return Algorithm(init, step, g.data, record, lambda s: level.params(s.top),
+    step = functools.partial(outer, st.level, st.kappa, cfg.run.groups == 1)
+    return Algorithm(st.init, step, st.groups.data, record, lambda s: st.level.params(s.top),
                      list(placement.devices), host.model.num_params)
 
 
-__all__ = ["State", "outer", "make_record", "make"]
+__all__ = ["State", "group_chunk", "groups_side", "group_outputs", "outer", "make_record",
+           "Setup", "setup", "in_worker_order", "make"]

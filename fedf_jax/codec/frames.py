@@ -104,11 +104,14 @@ def _as_bytes(payload) -> bytes:
     return np.ascontiguousarray(np.asarray(payload)).tobytes()
 
 
-def frame_header(kind, epoch: int, sender: int, scheme, count: int, payload) -> bytes:
+def frame_header(kind, epoch: int, sender: int, scheme, count: int, payload, *,
+                 checksum: bool = True) -> bytes:
     """The 36-byte header of :func:`encode_frame`, computed without copying the payload.
 
     ``encode_frame(...) == frame_header(...) + bytes(payload)``; a sender that writes
-    header and payload into its own send buffer (the MPI backend) uses this.
+    header and payload into its own send buffer (the MPI backend) uses this. With
+    ``checksum=False`` the CRC field is 0 and not computed: for a frame sealed by an
+    AEAD, whose tag already covers every byte (DESIGN §8).
 
     Raises:
       ValueError: if the payload length does not match ``count`` under ``scheme``.
@@ -121,7 +124,7 @@ def frame_header(kind, epoch: int, sender: int, scheme, count: int, payload) -> 
             f"need {payload_size(scheme, count)}."
         )
     head = _HEADER.pack(MAGIC, VERSION, kind, scheme, 0, epoch, sender, count, len(body), 0)
-    crc = _crc32(body, _crc32(head[:_CRC_OFFSET]))
+    crc = _crc32(body, _crc32(head[:_CRC_OFFSET])) if checksum else 0
     return head[:_CRC_OFFSET] + struct.pack("<I", crc)
 
 
@@ -137,12 +140,13 @@ def encode_frame(kind, epoch: int, sender: int, scheme, count: int, payload) -> 
 
 def decode_frame(
     buf, *, expected_kind=None, expected_epoch: int | None = None,
-    expected_sender: int | None = None, copy: bool = True,
+    expected_sender: int | None = None, copy: bool = True, checksum: bool = True,
 ) -> Frame:
     """Parses and checks a frame; raises :class:`FrameError` naming what is wrong.
 
     With ``copy=False`` the payload is a memoryview into ``buf`` (no copy), for
-    receivers of large frames (the MPI backend).
+    receivers of large frames (the MPI backend). With ``checksum=False`` the CRC is not
+    checked: for a frame whose AEAD tag was (``frame_header(checksum=False)``).
     """
     buf = _byte_view(buf)
     if len(buf) < HEADER_SIZE:
@@ -158,7 +162,7 @@ def decode_frame(
         raise FrameError(
             f"payload is {len(body)} bytes but the header says {length}", sender, epoch
         )
-    if _crc32(body, _crc32(buf[:_CRC_OFFSET])) != crc:
+    if checksum and _crc32(body, _crc32(buf[:_CRC_OFFSET])) != crc:
         raise FrameError("CRC32 mismatch (corrupted frame)", sender, epoch)
     # Version 1 gives this byte no meaning; a sender that sets it speaks another format.
     if reserved != 0:
@@ -209,15 +213,16 @@ def decode_ternary(
 
 def decode_packed(
     buf, n: int, scheme: str = "2bit", *, expected_epoch: int | None = None,
-    expected_sender: int | None = None,
+    expected_sender: int | None = None, checksum: bool = True,
 ) -> np.ndarray:
     """Checks a ``TERNARY`` frame of ``n`` trits packed with ``scheme`` and returns its
     payload still packed, u8[packed_size(n)] (a read-only view into ``buf``), for the
-    fused unpack-and-update kernel. The checks are those of :func:`decode_ternary`.
+    fused unpack-and-update kernel. The checks are those of :func:`decode_ternary`
+    (the CRC only with ``checksum``, see :func:`decode_frame`).
     """
     _check_scheme(scheme)
     frame = decode_frame(buf, expected_kind=Kind.TERNARY, expected_epoch=expected_epoch,
-                         expected_sender=expected_sender, copy=False)
+                         expected_sender=expected_sender, copy=False, checksum=checksum)
     if frame.scheme != _TERNARY_PAYLOADS[scheme]:
         raise FrameError(f"payload scheme {frame.scheme.name}, expected "
                          f"{_TERNARY_PAYLOADS[scheme].name}", frame.sender, frame.epoch)
@@ -243,12 +248,12 @@ def encode_array(kind, arr, epoch: int, sender: int) -> bytes:
 def decode_array(
     buf, *, expected_kind=None, expected_epoch: int | None = None,
     expected_sender: int | None = None, expected_count: int | None = None,
-    copy: bool = True,
+    copy: bool = True, checksum: bool = True,
 ) -> np.ndarray:
     """Checks a frame made by :func:`encode_array` and returns its 1-D array
-    (with ``copy=False``, a read-only view into ``buf``)."""
+    (with ``copy=False``, a read-only view into ``buf``; the CRC only with ``checksum``)."""
     frame = decode_frame(buf, expected_kind=expected_kind, expected_epoch=expected_epoch,
-                         expected_sender=expected_sender, copy=copy)
+                         expected_sender=expected_sender, copy=copy, checksum=checksum)
     if frame.scheme not in _DTYPES:
         raise FrameError(f"payload scheme {frame.scheme.name} is not a plain array",
                          frame.sender, frame.epoch)

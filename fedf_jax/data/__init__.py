@@ -83,6 +83,13 @@ def _synthetic_seg(data_dir: str | None, **kwargs) -> Dataset:
     return make_synthetic_segmentation(**kwargs)
 
 
+def _synthetic(data_dir: str | None, **kwargs) -> Dataset:
+    del data_dir  # generated
+    from fedf_jax.data.synthetic import load_synthetic
+
+    return load_synthetic(**kwargs)
+
+
 def _libsvm(data_dir: str | None, **kwargs) -> Dataset:
     _require_dir("libsvm", data_dir, "a folder with train.svm and test.svm, LIBSVM text")
     from fedf_jax.data.libsvm import load_libsvm
@@ -106,8 +113,8 @@ def _digits_oddeven(data_dir: str | None, **kwargs) -> Dataset:
 
 _LOADERS: dict[str, Callable[..., Dataset]] = {
     "digits": _digits, "cifar10": _cifar10, "segmentation": _segmentation,
-    "synthetic-seg": _synthetic_seg, "libsvm": _libsvm, "breast-cancer": _breast_cancer,
-    "digits-oddeven": _digits_oddeven}
+    "synthetic-seg": _synthetic_seg, "synthetic": _synthetic, "libsvm": _libsvm,
+    "breast-cancer": _breast_cancer, "digits-oddeven": _digits_oddeven}
 DATASETS = tuple(_LOADERS)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-HELP = "run a privacy attack experiment (E1-E9) against FEDF, FedAvg and defences"
+HELP = "run a privacy attack experiment (E1-E12) against FEDF, FedAvg and defences"
 DESCRIPTION = ("Run one privacy experiment: each adversary (the master, a curious worker, "
                "colluders) sees exactly the messages of the protocol; the result holds the "
                "claim under test, the falsification criterion fixed before the run, the "
@@ -20,7 +20,9 @@ experiments:
   E2 class leakage from ternaries         E7 collusion (N-1 and N-2 workers)
   E3 reconstruction from ternaries        E8 lying colluders (costs, sizes)
   E4 membership inference                 E9 defences (DP, pilot noise) and audit
-  E5 property inference
+  E5 property inference                   E10 the secure-sum master
+                                          E11 the hierarchy (group and top master)
+                                          E12 guarding the pilot choice
 arms: fedavg, signfedavg, fedf+1, fedf-1, optionally +dp<eps> or +pilotnoise<sigma>
 examples:
   fedf attack --experiment E7 --quick --out runs/e7
@@ -36,7 +38,7 @@ def _arms(text: str) -> tuple[str, ...]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of ``fedf attack``."""
     parser.add_argument("--experiment", required=True, metavar="E",
-                        help="which experiment: E1 ... E9")
+                        help="which experiment: E1 ... E12")
     parser.add_argument("--quick", action="store_true",
                         help="a CI-size check: 2 seeds, n_k in {1, 4}, 1 local epoch, batch 8")
     parser.add_argument("--seeds", type=int, help="independent repetitions (default 5)")

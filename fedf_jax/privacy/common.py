@@ -1,8 +1,12 @@
-"""Types shared by the privacy experiments: options, results, defences, intervals.
+"""Types shared by the privacy experiments: options, results, defences, intervals, and
+the verdict rule.
 
 Intervals over seeds come from :func:`fedf_jax.privacy.stats.mean_interval`: 95 %,
 inside the metric's range (:data:`fedf_jax.privacy.stats.METRIC_RANGES`), none for a
-single value.
+single value. Verdicts are given per *regime* (a set-up: local set sizes, epochs,
+recipe, what the attacker is given) by :func:`judge`: each regime has a family of
+cells fixed before the run, one per-seed leak statistic per cell (0 = no leak), a
+one-sided test per cell, Holm's correction over the family, and a practical margin.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol
 
 import jax
+import numpy as np
 
 from fedf_jax.privacy import stats
 
@@ -71,6 +76,163 @@ class Row(NamedTuple):
     interval: str = ""  # how lo, hi were found (stats.INTERVALS); "" in older result files
 
 
+class Regime(NamedTuple):
+    """The verdict of an experiment in one regime.
+
+    Attributes:
+      name: the set-up, e.g. ``"victim n_k=1, others full shares; E=1 B=8"``.
+      given: what the attacker is given (observations, priors, anything more).
+      verdict: one of ``VERDICTS``.
+      reason: one sentence: the deciding cell, or why none decides.
+    """
+
+    name: str
+    given: str
+    verdict: str
+    reason: str
+
+
+class Test(NamedTuple):
+    """One cell of a regime's family: its one-sided test and Holm-adjusted p-value.
+
+    Attributes:
+      regime: the regime's name.
+      cell: the cell, e.g. ``"fedf+1 t=1 analytic"``.
+      estimate: mean over seeds of the leak statistic (its excess over the baseline).
+      hi: the 95 % upper bound of that mean (NaN for fewer than two values).
+      margin: the excess a refutation needs (practical relevance).
+      p: one-sided p-value of H0 "excess <= 0" (:func:`stats.p_above`).
+      p_holm: Holm-adjusted over the regime's family.
+      n: seeds.
+      method: how p was found.
+      refutes: p_holm <= 0.05 and estimate >= margin.
+    """
+
+    regime: str
+    cell: str
+    estimate: float
+    hi: float
+    margin: float
+    p: float
+    p_holm: float
+    n: int
+    method: str
+    refutes: bool
+
+
+FWER = 0.05  # family-wise error rate of each regime's family of cells
+
+
+def judge(regime: str, given: str, cells: Sequence[tuple[str, Sequence[float]]],
+          margin: float, bounds: Sequence[float], what: str = "leak"
+          ) -> tuple[Regime, list[Test]]:
+    """A regime's verdict from its family of cells (the rule every experiment states in
+    its criterion).
+
+    Each cell holds one value per seed of a leak statistic whose baseline is 0 (e.g. an
+    attack's score minus its chance level, per seed). A cell *refutes* when the
+    one-sided test of "mean <= 0" is rejected after Holm's correction over the family
+    (family-wise error ``FWER``) and its mean is at least ``margin``. The regime is
+    refuted when a cell refutes; supported when every cell's 95 % upper bound is below
+    ``margin`` (each with >= 2 seeds that are not all equal: identical values give no
+    interval); inconclusive otherwise (also with no cell).
+
+    Args:
+      regime: the regime's name; given: what the attacker is given.
+      cells: (label, per-seed values) in a fixed order.
+      margin: the practical margin of a leak.
+      bounds: the range of the statistic (for the tests and intervals).
+      what: the statistic's name in the reason.
+
+    Returns:
+      (the Regime, one Test per cell).
+    """
+    if not cells:
+        return Regime(regime, given, "inconclusive", "No cell was measured."), []
+    ps, ivs = [], []
+    observed = any(np.any(np.asarray(v, np.float64) > 0) for _, v in cells)
+    for _, values in cells:
+        ps.append(stats.p_above(values, 0.0, bounds))
+        ivs.append(stats.mean_interval(values, bounds))
+    adjusted = stats.holm([p.p for p in ps])
+    tests = [Test(regime, label, iv.mean, iv.hi, margin, p.p, float(a), iv.n, p.method,
+                  bool(a <= FWER and iv.mean >= margin))
+             for (label, _), p, iv, a in zip(cells, ps, ivs, adjusted, strict=True)]
+    hits = [t for t in tests if t.refutes]
+    if hits:
+        best = max(hits, key=lambda t: t.estimate)
+        verdict = Regime(regime, given, "refuted",
+                         f"{len(hits)} of {len(tests)} cells refute (Holm); strongest: "
+                         f"{best.cell}, {what} {best.estimate:+.3g} (Holm p "
+                         f"{best.p_holm:.2g}).")
+    elif all(_bounded_below(t, iv, margin) for t, iv in zip(tests, ivs, strict=True)):
+        verdict = Regime(regime, given, "supported",
+                         f"Every cell's 95 % upper bound of the {what} is below {margin:g}.")
+    elif not observed:
+        worst = max((t.hi for t in tests if math.isfinite(t.hi)), default=math.nan)
+        seeds = max(t.n for t in tests)
+        bound = (f"the 95 % upper bounds (up to {worst:.2g}; distribution-free, as the "
+                 "values sit at an end of their range or do not vary)"
+                 if math.isfinite(worst) else "no interval")
+        verdict = Regime(regime, given, "inconclusive",
+                         f"No {what} above 0 in any seed of any of the {len(tests)} cells, but "
+                         f"with {seeds} seed{'s' if seeds != 1 else ''} {bound} cannot exclude "
+                         f"{margin:g}.")
+    else:
+        open_ = [t for t, iv in zip(tests, ivs, strict=True)
+                 if not _bounded_below(t, iv, margin)]
+        top = max(open_, key=lambda t: t.estimate if math.isfinite(t.estimate) else -math.inf)
+        verdict = Regime(regime, given, "inconclusive",
+                         f"No cell refutes after Holm, but {len(open_)} of {len(tests)} "
+                         f"cannot exclude {margin:g} ({what}; largest: {top.cell}, "
+                         f"{top.estimate:+.3g}).")
+    return verdict, tests
+
+
+def judge_families(regime: str, given: str,
+                   families: Sequence[tuple[str, Sequence[tuple[str, Sequence[float]]], float,
+                                            Sequence[float]]]
+                   ) -> tuple[Regime, list[Test]]:
+    """A regime judged on several statistics, each with its own family of cells
+    (:func:`judge` per family, each at family-wise ``FWER``): refuted if any family
+    refutes, supported if every measured family supports, inconclusive otherwise.
+
+    Args:
+      families: (statistic's name, cells, margin, bounds) each.
+    """
+    parts, tests = [], []
+    for what, cells, margin, bounds in families:
+        if not cells:
+            continue
+        r, t = judge(regime, given, cells, margin, bounds, what)
+        parts.append((what, r))
+        tests += t
+    if not parts:
+        return Regime(regime, given, "inconclusive", "No cell was measured."), tests
+    verdict = overall([r for _, r in parts])
+    order = {"refuted": 0, "inconclusive": 1, "supported": 2}  # the deciding part first
+    parts.sort(key=lambda p: order[p[1].verdict])
+    reason = " ".join(f"({what}) {r.reason}" for what, r in parts)
+    return Regime(regime, given, verdict, reason), tests
+
+
+def _bounded_below(t: Test, iv: stats.Interval, margin: float) -> bool:
+    """Whether a cell's 95 % upper bound is below the margin (identical values give no
+    interval: they cannot support)."""
+    return (t.n >= 2 and iv.method != "all equal" and math.isfinite(t.hi) and t.hi < margin)
+
+
+def overall(regimes: Sequence[Regime]) -> str:
+    """An experiment's one-word verdict over its regimes: refuted if one regime is (the
+    regime table says which), supported if all are, inconclusive otherwise."""
+    verdicts = [r.verdict for r in regimes]
+    if "refuted" in verdicts:
+        return "refuted"
+    if verdicts and all(v == "supported" for v in verdicts):
+        return "supported"
+    return "inconclusive"
+
+
 @dataclasses.dataclass
 class Result:
     """What an experiment found, against a criterion written down before running it.
@@ -81,9 +243,11 @@ class Result:
       claim: the paper's claim under test (theorem and wording).
       criterion: the falsification criterion, fixed before the run.
       rows: the measured cells.
-      verdict: one of ``VERDICTS``.
+      verdict: one of ``VERDICTS`` (:func:`overall` of ``regimes`` where there are any).
       notes: what the numbers mean, caveats.
       extra: anything else worth keeping (curves for plots, raw scores).
+      regimes: the verdict per regime (set-up and what the attacker is given).
+      tests: every cell's test (Holm-adjusted within its regime).
     """
 
     experiment: str
@@ -94,38 +258,65 @@ class Result:
     verdict: str
     notes: str = ""
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    regimes: list[Regime] = dataclasses.field(default_factory=list)
+    tests: list[Test] = dataclasses.field(default_factory=list)
 
     def __post_init__(self):
         if self.verdict not in VERDICTS:
             raise ValueError(f"`verdict` (={self.verdict!r}) must be one of {VERDICTS}.")
+        for r in self.regimes:
+            if r.verdict not in VERDICTS:
+                raise ValueError(f"regime {r.name!r}: `verdict` (={r.verdict!r}) must be one "
+                                 f"of {VERDICTS}.")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["rows"] = [r._asdict() for r in self.rows]
+        d["regimes"] = [r._asdict() for r in self.regimes]
+        d["tests"] = [t._asdict() for t in self.tests]
         return d
 
     def to_markdown(self) -> str:
-        """A section for RESULTS.md: claim, criterion, table, verdict, notes."""
+        """A section for RESULTS.md: claim, criterion, verdict per regime, table, tests,
+        notes."""
         lines = [f"### {self.experiment}: {self.title}", "",
                  f"- **Claim:** {self.claim}", f"- **Falsified if:** {self.criterion}",
-                 f"- **Verdict:** {self.verdict}", "",
-                 "| arm | setting | metric | mean | 95 % interval | n |",
-                 "|---|---|---|---:|---|---:|"]
+                 f"- **Verdict:** {self.verdict}", ""]
+        if self.regimes:
+            lines += ["| regime | attacker given | verdict | why |", "|---|---|---|---|"]
+            lines += [f"| {r.name} | {r.given} | **{r.verdict}** | {r.reason} |"
+                      for r in self.regimes]
+            lines.append("")
+        lines += ["| arm | setting | metric | estimate | 95 % interval | n |",
+                  "|---|---|---|---:|---|---:|"]
         for r in self.rows:
             lines.append(f"| {r.arm} | {r.setting} | {r.metric} | {r.mean:.4g} | "
                          f"{interval_text(r)} | {r.n} |")
         lines += ["", INTERVAL_NOTE]
+        if self.tests:
+            lines += ["", "Tests (one per cell; Holm within each regime's family; a cell "
+                      f"refutes at Holm p <= {FWER:g} with an estimate >= the margin):", "",
+                      "| regime | cell | estimate | 95 % upper | margin | p | Holm p | "
+                      "method | refutes |", "|---|---|---:|---:|---:|---:|---:|---|---|"]
+            for t in self.tests:
+                hi = f"{t.hi:.3g}" if math.isfinite(t.hi) else "—"
+                lines.append(f"| {t.regime} | {t.cell} | {t.estimate:+.3g} | {hi} | "
+                             f"{t.margin:g} | {t.p:.2g} | {t.p_holm:.2g} | {t.method} | "
+                             f"{'yes' if t.refutes else ''} |")
         if self.notes:
             lines += ["", self.notes]
         return "\n".join(lines) + "\n"
 
 
-INTERVAL_NOTE = ("Intervals: two-sided 95 % over the n values, Student-t clipped to the "
-                 "metric's range (F1, AUC, rates and accuracies in [0, 1], PSNR in "
-                 f"[0, {stats.PSNR_CAP_DB:g}] dB, SSIM in [-1, 1]); CP: Clopper-Pearson, "
-                 "where every value is at an end of the range (a rate of successes); "
-                 "none for a single value; \"all equal\" where the n values are identical "
-                 "(no spread to estimate).")
+INTERVAL_NOTE = ("Estimates are means over the n values (one per seed unless the setting "
+                 "says otherwise), except metrics ending in `_median`: the median, with an "
+                 "order-statistic interval (`range`: [min, max], too few values for 95 % "
+                 "coverage). Intervals: two-sided 95 % over the n values, Student-t "
+                 "clipped to the metric's range (F1, AUC, rates and accuracies in [0, 1], "
+                 f"PSNR in [0, {stats.PSNR_CAP_DB:g}] dB, SSIM in [-1, 1]); CP: "
+                 "Clopper-Pearson, where every value is at an end of the range (a rate of "
+                 "successes); none for a single value; \"all equal\" where the n values "
+                 "are identical (no spread to estimate).")
 
 
 def interval_text(r: Row) -> str:
@@ -137,7 +328,8 @@ def interval_text(r: Row) -> str:
         return f"— (n={r.n})"
     if r.interval == "all equal":
         return f"all equal (n={r.n})"
-    return f"[{r.lo:.4g}, {r.hi:.4g}]" + (" CP" if r.interval == "clopper-pearson" else "")
+    suffix = {"clopper-pearson": " CP", "median range": " range"}.get(r.interval, "")
+    return f"[{r.lo:.4g}, {r.hi:.4g}]{suffix}"
 
 
 def mean_ci95(values: Sequence[float], metric: str | None = None
@@ -163,8 +355,13 @@ def conclude(refute: Sequence[str], support: bool, supported: str, inconclusive:
 
 
 def row(arm: str, setting: str, metric: str, values: Sequence[float]) -> Row:
-    """A Row from the per-seed values of one cell (interval inside ``metric``'s range)."""
-    iv = stats.mean_interval(values, stats.metric_range(metric))
+    """A Row from the per-seed values of one cell (interval inside ``metric``'s range);
+    a metric ending in ``_median`` gets the median and its order-statistic interval."""
+    bounds = stats.metric_range(metric)
+    if metric.endswith("_median"):
+        iv = stats.median_interval(values, bounds)
+    else:
+        iv = stats.mean_interval(values, bounds)
     return Row(arm, setting, metric, iv.mean, iv.lo, iv.hi, iv.n, iv.method)
 
 

@@ -24,6 +24,15 @@ Gaussian mechanisms with noise multipliers (std / sensitivity) ``sigma / 2`` and
 :func:`from_arm` calibrates ``z`` for a target epsilon and gives
 :data:`COST_SHARE` of the per-round budget (in ``z^-2``) to the cost.
 
+A third defence, :class:`DPSGD`, is example-level DP-SGD inside local training
+(Abadi et al. 2016): per step, each example is taken with probability q = B / n_k
+(Poisson sampling), its gradient clipped to ``clip``, the sum noised with
+``N(0, sigma^2 clip^2)``; the reported cost is the mean of per-example losses clipped
+to ``[0, cost_clip]`` plus ``N(0, (cost_sigma cost_clip / n_k)^2)`` (replace-one
+sensitivity ``cost_clip / n_k``). Its accountant composes, per round, the sampled
+Gaussian over the worker's steps with the cost's Gaussian (dp-accounting's RDP
+accountant); ``sigma`` is calibrated for the worker with the largest epsilon.
+
 Audit: :func:`audited_epsilon` turns the scores of an attack on runs with and
 without a canary into a lower bound on epsilon (Clopper-Pearson intervals on the
 attack's TPR and FPR, as in Jagielski et al. 2020 and Nasr et al. 2021).
@@ -43,10 +52,16 @@ import numpy as np
 import numpy.typing as npt
 from scipy import stats as sp_stats
 
+from fedf_jax import keys
 from fedf_jax.privacy import stats
 from fedf_jax.privacy.common import Defence
 
 COST_SHARE = 0.1  # share of each round's budget (in z^-2) spent on the reported cost
+EXAMPLE_CLIP = 1.0  # DP-SGD's per-example gradient bound (E9 sets it from public data)
+# RDP orders of the DP-SGD accountant (integers and a few fractions above 1: the series
+# for orders close to 1 does not converge for sampled Gaussians of small sigma)
+RDP_ORDERS = (2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 16.0, 20.0, 24.0,
+              32.0, 48.0, 64.0, 128.0, 256.0, 512.0, 1024.0)
 COST_CLIP = 5.0  # costs are clipped to [0, COST_CLIP] (cross-entropy of 10 classes
 # starts near ln 10 = 2.3, so honest costs are rarely clipped)
 
@@ -215,14 +230,188 @@ def worker_dp(eps: float, rounds: int, delta: float, clip: float = 1.0,
                     z / math.sqrt(COST_SHARE), cost_clip)
 
 
+@dataclasses.dataclass(frozen=True)
+class DPSGD:
+    """Example-level DP-SGD in every worker's local training (a :class:`Defence` whose
+    ``train`` replaces the local training; ``worker`` and ``pilot`` send its result as is).
+
+    Attributes:
+      name: e.g. ``"dpsgd8"``.
+      target_eps: the epsilon it was calibrated for (inf: clipping only).
+      clip: the per-example gradient L2 bound.
+      sigma: noise std of each step's gradient sum, in units of ``clip`` (0: none).
+      cost_sigma: noise std of the reported cost, in units of ``cost_clip / n_k``.
+      cost_clip: per-example losses are clipped to ``[0, cost_clip]`` in the cost.
+    """
+
+    name: str
+    target_eps: float
+    clip: float
+    sigma: float
+    cost_sigma: float
+    cost_clip: float = COST_CLIP
+
+    def train(self, fed, seed: int, epoch: int, p_prev: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """Every worker's DP-SGD local training from P^{t-1} and its noised cost.
+
+        Worker k runs ``local_epochs * ceil(n_k / B)`` steps with sampling rate
+        ``q_k = min(1, B / n_k)`` and its private learning rate; the step is
+        ``-lr (sum of clipped sampled gradients + noise) / (q_k n_k)``. Keys: the
+        DEFENCE stream folded with the epoch and the worker (as the other defences).
+
+        Returns:
+          (q: f32[N, M], costs: f32[N]).
+        """
+        sizes = np.array([len(y) for y in fed.y_parts])
+        n_max = int(sizes.max())
+        x = np.stack([np.pad(v, [(0, n_max - len(v))] + [(0, 0)] * (v.ndim - 1))
+                      for v in fed.x_parts]).astype(np.float32)
+        y = np.stack([np.pad(v, (0, n_max - len(v))) for v in fed.y_parts]).astype(np.int32)
+        batch = np.array([s.batch_size for s in fed.specs])
+        rates = np.minimum(1.0, batch / sizes)
+        counts = np.array([s.local_epochs for s in fed.specs]) * -(-sizes // batch)
+        root = jax.random.fold_in(keys.stream(seed, keys.DEFENCE), epoch)
+        wkeys = jax.vmap(lambda k: jax.random.fold_in(root, k))(jnp.arange(len(sizes)))
+        q, costs = _dpsgd_train(fed.model, jnp.asarray(p_prev), jnp.asarray(x), jnp.asarray(y),
+                                jnp.asarray(sizes, jnp.int32),
+                                jnp.asarray([s.lr for s in fed.specs], jnp.float32),
+                                jnp.asarray(rates, jnp.float32), jnp.asarray(counts, jnp.int32),
+                                wkeys, jnp.float32(self.clip), jnp.float32(self.sigma),
+                                jnp.float32(self.cost_sigma), jnp.float32(self.cost_clip),
+                                steps=int(counts.max()))
+        return np.asarray(q), np.asarray(costs)
+
+    def worker(self, key: jax.Array, q: jax.Array, p_prev: jax.Array, cost: jax.Array
+               ) -> tuple[jax.Array, jax.Array]:
+        del key, p_prev  # not used: the noise is inside the training
+        return q, cost
+
+    def pilot(self, key: jax.Array, q_pilot: jax.Array) -> jax.Array:
+        del key  # not used: no second release
+        return q_pilot
+
+    def epsilon(self, rounds: int, delta: float, recipes) -> float:
+        """The largest epsilon after ``rounds`` rounds over workers with these recipes.
+
+        Args:
+          recipes: (n_k, batch size, local epochs) of each worker.
+        """
+        if self.sigma == 0 or self.cost_sigma == 0:
+            return math.inf
+        _check_budget(rounds, delta)
+        return max(_dpsgd_epsilon(self.sigma, self.cost_sigma, min(1.0, b / n),
+                                  e * -(-n // b), int(rounds), delta)
+                   for n, b, e in sorted(set((int(n), int(b), int(e)) for n, b, e in recipes)))
+
+
+@functools.partial(jax.jit, static_argnames=("model", "steps"))
+def _dpsgd_train(model, p, x, y, sizes, lrs, rates, counts, wkeys, clip, sigma, cost_sigma,
+                 cost_clip, steps: int):
+    """vmapped DP-SGD of every worker (padded data; a worker's surplus steps are no-ops)."""
+    from fedf_jax import worker  # noqa: PLC0415 (the model's loss)
+
+    n_max = x.shape[1]
+
+    def loss(params, xi, yi):
+        return worker.cross_entropy(model.apply(params, xi[None]), yi[None])[0]
+
+    per_example = jax.vmap(jax.grad(loss), in_axes=(None, 0, 0))
+
+    def one(x, y, size, lr, q, count, key):
+        valid = jnp.arange(n_max) < size
+        k_steps, k_cost = jax.random.split(key)
+
+        def step(p, s):
+            k_take, k_noise = jax.random.split(jax.random.fold_in(k_steps, s))
+            take = valid & (jax.random.uniform(k_take, (n_max,)) < q)
+            g = per_example(p, x, y)
+            norms = jnp.sqrt(jnp.sum(jnp.square(g), axis=1))
+            g = g * jnp.minimum(1.0, clip / jnp.maximum(norms, 1e-30))[:, None]
+            total = jnp.sum(jnp.where(take[:, None], g, 0.0), axis=0)
+            total = total + sigma * clip * jax.random.normal(k_noise, total.shape)
+            new = p - lr * total / (q * size)
+            return jnp.where(s < count, new, p), None
+
+        q_final, _ = jax.lax.scan(step, p, jnp.arange(steps))
+        losses = jax.vmap(loss, in_axes=(None, 0, 0))(q_final, x, y)
+        losses = jnp.clip(jnp.where(jnp.isfinite(losses), losses, cost_clip), 0.0, cost_clip)
+        cost = jnp.sum(jnp.where(valid, losses, 0.0)) / size
+        cost = cost + cost_sigma * cost_clip / size * jax.random.normal(k_cost, ())
+        return q_final, cost
+
+    return jax.vmap(one)(x, y, sizes, lrs, rates, counts, wkeys)
+
+
+@functools.lru_cache(maxsize=512)
+def _dpsgd_epsilon(sigma: float, cost_sigma: float, rate: float, steps: int, rounds: int,
+                   delta: float) -> float:
+    """RDP epsilon of ``rounds`` rounds of ``steps`` Poisson-sampled Gaussian steps plus
+    one Gaussian cost release each."""
+    one_round = dp_accounting.ComposedDpEvent([
+        dp_accounting.SelfComposedDpEvent(
+            dp_accounting.PoissonSampledDpEvent(rate, dp_accounting.GaussianDpEvent(sigma)),
+            steps),
+        dp_accounting.GaussianDpEvent(cost_sigma)])
+    accountant = dp_accounting.rdp.RdpAccountant(RDP_ORDERS)
+    accountant.compose(dp_accounting.SelfComposedDpEvent(one_round, rounds))
+    return float(accountant.get_epsilon(delta))
+
+
+def dpsgd(eps: float, rounds: int, delta: float, recipes, clip: float = 1.0,
+          name: str | None = None) -> DPSGD:
+    """The :class:`DPSGD` whose ``rounds`` rounds spend ``eps`` at ``delta`` for the worker
+    with the largest epsilon (``recipes``: (n_k, batch, local epochs) per worker). The
+    cost's multiplier is the one that alone would spend ``COST_SHARE * eps`` over the
+    rounds; the steps' ``sigma`` is then calibrated (bisection) so the composition spends
+    exactly ``eps``. ``eps = inf``:
+    clipping only."""
+    _check_budget(rounds, delta)
+    name = name or f"dpsgd{eps:g}"
+    if math.isinf(eps) and eps > 0:
+        return DPSGD(name, eps, clip, 0.0, 0.0)
+    if not (math.isfinite(eps) and eps > 0):
+        raise ValueError(f"`eps` (={eps}) must be a positive number or inf.")
+    cost_sigma = sigma_for_epsilon(COST_SHARE * eps, rounds, delta)
+    recipes = sorted(set((int(n), int(b), int(e)) for n, b, e in recipes))
+    return _calibrate_dpsgd(name, float(eps), int(rounds), float(delta), tuple(recipes),
+                            float(clip), cost_sigma)
+
+
+@functools.lru_cache(maxsize=64)
+def _calibrate_dpsgd(name: str, eps: float, rounds: int, delta: float, recipes: tuple,
+                     clip: float, cost_sigma: float) -> DPSGD:
+    probe = DPSGD(name, eps, clip, 1.0, cost_sigma)
+    # the worker with the fewest samples has the largest sampling rate and epsilon: bisect
+    # on it, then check every worker
+    worst = (min(recipes),)
+    lo, hi = 1e-2, 1e3
+    for _ in range(22):  # eps falls with sigma: bisection in log space
+        mid = math.sqrt(lo * hi)
+        e = dataclasses.replace(probe, sigma=mid).epsilon(rounds, delta, worst)
+        lo, hi = (mid, hi) if e > eps else (lo, mid)
+    out = dataclasses.replace(probe, sigma=hi)
+    if out.epsilon(rounds, delta, recipes) > eps * (1 + 1e-6):  # another worker is worse
+        lo, hi = hi, 1e3
+        for _ in range(22):
+            mid = math.sqrt(lo * hi)
+            e = dataclasses.replace(probe, sigma=mid).epsilon(rounds, delta, recipes)
+            lo, hi = (mid, hi) if e > eps else (lo, mid)
+        out = dataclasses.replace(probe, sigma=hi)
+    return out
+
+
 _NUMBER = r"(inf|\d+(?:\.\d*)?(?:e[+-]?\d+)?)"
-_SUFFIX = re.compile(r"^(?P<base>fedavg|signfedavg|fedf[+-]1)(?:\+(?P<kind>dp|pilotnoise)"
-                     + _NUMBER + r")?$")
+_SUFFIX = re.compile(r"^(?P<base>fedavg|signfedavg|fedf[+-]1)"
+                     r"(?:\+(?P<kind>dpsgd|dp|pilotnoise)" + _NUMBER + r")?$")
 
 
-def from_arm(arm: str, rounds: int, delta: float, clip: float = 1.0) -> Defence | None:
+def from_arm(arm: str, rounds: int, delta: float, clip: float = 1.0, fed=None,
+             example_clip: float = EXAMPLE_CLIP) -> Defence | None:
     """The defence named by an arm's suffix: ``"+dp<eps>"`` (:func:`worker_dp`, ``inf`` for
-    clipping only) or ``"+pilotnoise<sigma>"`` (:class:`PilotNoise`); None without one.
+    clipping only), ``"+dpsgd<eps>"`` (:func:`dpsgd`, calibrated for ``fed``'s workers,
+    per-example clip ``example_clip``) or ``"+pilotnoise<sigma>"`` (:class:`PilotNoise`);
+    None without one.
 
     Examples: ``"fedf+1"`` -> None, ``"fedf+1+dp8"`` -> WorkerDP at epsilon 8,
     ``"fedf-1+pilotnoise0.01"`` -> PilotNoise(0.01).
@@ -230,7 +419,7 @@ def from_arm(arm: str, rounds: int, delta: float, clip: float = 1.0) -> Defence 
     m = _SUFFIX.match(arm)
     if m is None:
         raise ValueError(f"arm (={arm!r}) must be fedavg, signfedavg, fedf+1 or fedf-1, "
-                         "optionally followed by +dp<eps> or +pilotnoise<sigma> "
+                         "optionally followed by +dp<eps>, +dpsgd<eps> or +pilotnoise<sigma> "
                          "(e.g. fedf+1+dp8).")
     kind, value = m.group("kind"), m.group(3)
     if kind is None:
@@ -240,6 +429,13 @@ def from_arm(arm: str, rounds: int, delta: float, clip: float = 1.0) -> Defence 
     eps = float(value)
     if eps <= 0:
         raise ValueError(f"arm (={arm!r}): epsilon must be > 0.")
+    if kind == "dpsgd":
+        if fed is None:
+            raise ValueError(f"arm (={arm!r}): DP-SGD is calibrated for a federation's local "
+                             "sets; pass `fed`.")
+        recipes = [(len(y), s.batch_size, s.local_epochs)
+                   for y, s in zip(fed.y_parts, fed.specs, strict=True)]
+        return dpsgd(eps, rounds, delta, recipes, clip=example_clip, name=f"dpsgd{value}")
     return worker_dp(eps, rounds, delta, clip=clip, name=f"dp{value}")
 
 
@@ -252,33 +448,36 @@ def _cp_lower(successes: np.ndarray, trials: int, alpha: float) -> np.ndarray:
 
 
 def audited_epsilon(in_scores: npt.ArrayLike, out_scores: npt.ArrayLike, delta: float,
-                    alpha: float = 0.05) -> dict[str, float]:
+                    alpha: float = 0.05, threshold: float | None = None) -> dict[str, float]:
     """A lower bound on epsilon from an attack's scores on runs with / without a canary.
 
-    For each threshold tau, "canary in" when score >= tau. Any (eps, delta)-DP
+    For a threshold tau, "canary in" when score >= tau. Any (eps, delta)-DP
     mechanism satisfies ``TPR <= e^eps FPR + delta`` and ``TNR <= e^eps FNR + delta``,
     so ``eps >= log((TPR_lo - delta) / FPR_hi)`` (and the same with TNR/FNR), with
-    one-sided ``1 - alpha/2`` Clopper-Pearson bounds on each rate. The bound is the
-    maximum over thresholds; choosing the threshold on the same scores makes it
-    slightly optimistic, which the CP margins partly absorb.
+    one-sided ``1 - alpha/2`` Clopper-Pearson bounds on each rate. Without ``threshold``
+    the bound is the maximum over every threshold (choosing it on the same scores makes
+    it slightly optimistic, which the CP margins partly absorb); with one (chosen on
+    other runs, :func:`audit_split`) the bound is valid at level ``alpha``.
 
     Args:
       in_scores: f[n_in] attack scores of runs trained with the canary.
       out_scores: f[n_out] scores of runs without it.
       delta: the delta of the guarantee being audited.
       alpha: the intervals' total miss probability.
+      threshold: a fixed threshold (None: the best over all of them).
 
     Returns:
       {"eps_lb": the audited lower bound (0 when nothing is found), "tpr", "fpr": the
       point rates of the best threshold, "threshold", "auc"}.
     """
-    a = np.asarray(in_scores, np.float64).ravel()
-    b = np.asarray(out_scores, np.float64).ravel()
+    a = np.sort(np.asarray(in_scores, np.float64).ravel())
+    b = np.sort(np.asarray(out_scores, np.float64).ravel())
     if a.size == 0 or b.size == 0:
         raise ValueError("`in_scores` and `out_scores` must both be non-empty.")
-    taus = np.unique(np.concatenate([a, b]))
-    tp = np.sum(a[None, :] >= taus[:, None], axis=1)
-    fp = np.sum(b[None, :] >= taus[:, None], axis=1)
+    taus = (np.unique(np.concatenate([a, b])) if threshold is None
+            else np.array([float(threshold)]))
+    tp = a.size - np.searchsorted(a, taus, side="left")  # scores >= tau
+    fp = b.size - np.searchsorted(b, taus, side="left")
     tpr_lo = _cp_lower(tp, a.size, alpha)
     fpr_hi = 1.0 - _cp_lower(b.size - fp, b.size, alpha)
     tnr_lo = _cp_lower(b.size - fp, b.size, alpha)
@@ -291,7 +490,37 @@ def audited_epsilon(in_scores: npt.ArrayLike, out_scores: npt.ArrayLike, delta: 
         best = {"eps_lb": float(eps[i]), "tpr": tp[i] / a.size, "fpr": fp[i] / b.size,
                 "threshold": float(taus[i])}
     else:
-        best = {"eps_lb": 0.0, "tpr": math.nan, "fpr": math.nan, "threshold": math.nan}
+        best = {"eps_lb": 0.0, "tpr": math.nan, "fpr": math.nan,
+                "threshold": math.nan if threshold is None else float(threshold)}
     labels = np.concatenate([np.ones(a.size, bool), np.zeros(b.size, bool)])
     best["auc"] = stats.roc_auc(labels, np.concatenate([a, b]))
     return best
+
+
+def audit_split(in_scores: npt.ArrayLike, out_scores: npt.ArrayLike, delta: float,
+                fit_share: float = 0.2, alpha: float = 0.05) -> dict[str, float]:
+    """:func:`audited_epsilon` with the threshold chosen on the first ``fit_share`` of each
+    score sample and the bound computed on the rest (so the threshold's choice does not
+    bias it). Scores must come in an order independent of their values (trial order).
+
+    Returns:
+      :func:`audited_epsilon`'s dict on the held-out scores, plus ``"n_fit"`` and
+      ``"n_eval"`` (runs per world).
+    """
+    a = np.asarray(in_scores, np.float64).ravel()
+    b = np.asarray(out_scores, np.float64).ravel()
+    if not 0 < fit_share < 1:
+        raise ValueError(f"`fit_share` (={fit_share}) must be in (0, 1).")
+    ka, kb = int(a.size * fit_share), int(b.size * fit_share)
+    if min(ka, kb, a.size - ka, b.size - kb) < 1:
+        raise ValueError(f"{a.size} and {b.size} scores are too few to split at "
+                         f"`fit_share` (={fit_share}).")
+    fit = audited_epsilon(a[:ka], b[:kb], delta, alpha)
+    tau = fit["threshold"]
+    if not math.isfinite(tau):
+        out = audited_epsilon(a[ka:], b[kb:], delta, alpha, threshold=np.inf)
+        out["eps_lb"] = 0.0
+    else:
+        out = audited_epsilon(a[ka:], b[kb:], delta, alpha, threshold=tau)
+    out.update(n_fit=min(ka, kb), n_eval=min(a.size - ka, b.size - kb))
+    return out

@@ -2,7 +2,8 @@
 
 In FEDF the master receives one full local model per epoch, the pilot's Q_{k*}^t,
 and it knows P^{t-1}; so it holds the pilot's whole local update Q_{k*} - P^{t-1}
-(Eq. 7). In FedAvg it holds every worker's. Two attacks on such an update:
+(Eq. 7), and the pilot's reported size S_{k*}. In FedAvg it holds every worker's.
+Two attacks on such an update:
 
 (a) **Analytic first-layer inversion.** For a dense first layer z = W^T x + b, the
     gradient of the loss on one sample is dL/dW[:, j] = x dL/db_j, so for any unit j
@@ -16,17 +17,24 @@ and it knows P^{t-1}; so it holds the pilot's whole local update Q_{k*} - P^{t-1
     unit that only one sample activates, in one step); with Adam it is approximate.
 (b) **Optimisation-based inversion** (Inverting Gradients, Geiping et al. 2020, with
     its FedAvg variant): dummy images in [0, 1] are trained by signed Adam so that the
-    simulated local training on them (the worker's steps, from P^{t-1}) gives an
-    update with the highest cosine similarity to the observed one, plus total
-    variation. The labels come from the output bias update (iDLG rule: the classes
-    whose bias rose). The attacker is given the worker's local hyper-parameters
-    (learning rate, batch size, local epochs): the worst case for privacy.
+    simulated local training on them (from P^{t-1}) gives an update with the highest
+    cosine similarity to the observed one, plus total variation. The labels come from
+    the output bias update (iDLG rule: the classes whose bias rose). The attacker does
+    not know the worker's batch size, local epochs or learning rate: it tries every
+    (E, B) of a stated prior (E in {1, 5}, B in {1, 8, 32}, B capped at n) with the
+    public learning-rate range's geometric mean, and keeps the guess whose final
+    objective is best.
 
-Every worker holds n_k samples (its share cut to n_k; "all" keeps the partition),
-so the pilot, the one worker whose update the FEDF master sees, has n_k samples.
-Metrics on the attacked update: PSNR, SSIM, IIP-pixel (candidates: the auxiliary
-images and the worker's other images with the same label), label accuracy; and how
-often the victim (worker 0) is the pilot.
+Regimes. *Victim n_k* (1, 4, 16): only the victim (worker 0) is cut to n_k samples,
+the others keep their shares; the target is the victim, exposed to the FEDF master
+only in the epochs it is the pilot. *Full shares* (n_k = all): the target is the
+pilot of each epoch (FedAvg: worker 0). *Tiny federation*: every worker cut to one
+sample (the set-up of the earlier headline), target: the pilot. Metrics on the
+target's update: the share of its samples recovered (PSNR >= 30 dB after a Hungarian
+match; 0 in an epoch where the target's model was not received), PSNR (median: the
+100 dB cap of an exact image makes means misleading), SSIM, IIP-pixel (candidates:
+the auxiliary images and the worker's other images with the same label), label
+accuracy; and how often the target's full model reached the master.
 """
 
 from __future__ import annotations
@@ -44,18 +52,30 @@ from flax import nnx
 from fedf_jax import keys, worker
 from fedf_jax.models import MLP
 from fedf_jax.privacy import metrics, views
-from fedf_jax.privacy.common import Options, Result, conclude, mean_ci95, row
+from fedf_jax.privacy.common import Options, Regime, Result, Test, judge, overall, row
 
 TITLE = "The master inverts the pilot's full local update"
 CLAIM = ("Theorem 2: with private learning rates and batch sizes, an honest-but-curious master "
          "has no information on a worker's private data unless it solves a non-linear system.")
-CRITERION = ("Refuted if, on FEDF's pilot update, the analytic first-layer inversion recovers a "
-             "1-sample pilot's input at mean PSNR > 40 dB with the 95 % interval above 30 dB, "
-             "or the optimisation attack reaches an IIP whose 95 % interval lies above 5x its "
-             "chance level for n_k in {1, 4}. Supported if every FEDF reconstruction stays "
-             "within the 95 % interval of chance (IIP) and below 15 dB. Inconclusive otherwise.")
+CRITERION = ("Per regime (victim n_k in {1, 4, 16} with the others at full shares; every "
+             "worker at its full share; a tiny federation of 1-sample workers), the family "
+             "of FEDF cells arm x recipe (E, B) x {t=1, t>=2} x attack; per seed, (a) the "
+             "share of the target's samples the analytic inversion recovers (PSNR >= 30 dB), "
+             "averaged over the epochs (0 where its model was not received), margin 0.1; "
+             "(b) the optimisation attack's IIP minus its chance level at t = 1 (n_k <= 16), "
+             "margin 0.2. Refuted if a cell's one-sided t-test (or exact binomial test, for "
+             "values at the ends of their range) is rejected after Holm (family-wise 0.05) "
+             "with a mean at least the margin; supported if every cell's 95 % upper bound is "
+             "below its margin; inconclusive otherwise. FedAvg is reported alongside, not "
+             "judged.")
 
 OPT_MAX_SAMPLES = 16  # the optimisation attack runs for n_k <= 16 only
+PRIOR_EPOCHS = (1, 5)  # the attacker's prior on the local epochs ...
+PRIOR_BATCHES = (1, 8, 32)  # ... and on the batch size (capped at n)
+RECOVERED_DB = 30.0
+MARGIN_RECOVERED = 0.1
+MARGIN_IIP = 0.2
+VICTIM_SIZES = (1, 4, 16)
 
 
 class Layer(NamedTuple):
@@ -219,8 +239,9 @@ def _optimise(model, p_start, delta_obs, labels, x0, lr, tv, steps: int, batch: 
 
 def optimisation_inversion(model, p_start: np.ndarray, delta: np.ndarray, labels: np.ndarray,
                            image_shape: tuple[int, ...], spec: worker.WorkerSpec, iters: int,
-                           key: jax.Array, tv: float = 1e-2) -> np.ndarray:
-    """(b): Inverting Gradients against a multi-step local update.
+                           key: jax.Array, tv: float = 1e-2) -> tuple[np.ndarray, float]:
+    """(b): Inverting Gradients against a multi-step local update, for one guess of the
+    worker's local hyper-parameters.
 
     Args:
       model: the attacked model.
@@ -228,22 +249,46 @@ def optimisation_inversion(model, p_start: np.ndarray, delta: np.ndarray, labels
       delta: f32[M] the observed update Q - P^{t-1}.
       labels: i32[n] the labels to reconstruct (inferred or known).
       image_shape: one image's shape.
-      spec: the worker's local hyper-parameters (given to the attacker).
+      spec: the attacker's guess of the worker's learning rate, batch size, local epochs.
       iters: optimisation steps.
       key: the dummy images' initial draw.
       tv: the weight of total variation.
 
     Returns:
-      f32[n, *image_shape] in [0, 1].
+      (f32[n, *image_shape] in [0, 1], the final objective: 1 - cosine + tv TV).
     """
     n = len(labels)
     batch = min(spec.batch_size, n)
     steps = spec.local_epochs * -(-n // batch)
     x0 = jax.random.uniform(key, (n, *image_shape), jnp.float32)
-    x, _ = _optimise(model, jnp.asarray(p_start), jnp.asarray(delta),
-                     jnp.asarray(labels, jnp.int32), x0, jnp.float32(spec.lr), jnp.float32(tv),
-                     steps=steps, batch=batch, iters=iters)
-    return np.asarray(x)
+    x, value = _optimise(model, jnp.asarray(p_start), jnp.asarray(delta),
+                         jnp.asarray(labels, jnp.int32), x0, jnp.float32(spec.lr),
+                         jnp.float32(tv), steps=steps, batch=batch, iters=iters)
+    return np.asarray(x), float(value)
+
+
+def prior_guesses(n: int) -> list[worker.WorkerSpec]:
+    """The attacker's guesses for a worker of n samples: every (E, B) of the prior with B
+    capped at n (equal caps are one guess), at the public learning-rate range's
+    geometric mean."""
+    lr = float(np.sqrt(views.LR_RANGE[0] * views.LR_RANGE[1]))
+    cells = dict.fromkeys((e, min(b, n)) for e in PRIOR_EPOCHS for b in PRIOR_BATCHES)
+    return [worker.WorkerSpec(lr=lr, batch_size=b, local_epochs=e) for e, b in cells]
+
+
+def guessed_inversion(model, p_start: np.ndarray, delta: np.ndarray, labels: np.ndarray,
+                      image_shape: tuple[int, ...], iters: int, key: jax.Array
+                      ) -> np.ndarray:
+    """(b) without the worker's hyper-parameters: :func:`optimisation_inversion` for
+    every guess of :func:`prior_guesses`, keeping the reconstruction whose final
+    objective is lowest (the attacker's own criterion)."""
+    best, best_value = None, np.inf
+    for i, spec in enumerate(prior_guesses(len(labels))):
+        x, value = optimisation_inversion(model, p_start, delta, labels, image_shape, spec,
+                                          iters, jax.random.fold_in(key, i))
+        if value < best_value:
+            best, best_value = x, value
+    return best
 
 
 def cut_to(fed: views.Federation, n: int) -> views.Federation:
@@ -254,24 +299,10 @@ def cut_to(fed: views.Federation, n: int) -> views.Federation:
                         y_parts=[y[:n] for y in fed.y_parts])
 
 
-def settings(opts: Options) -> list[tuple[int, int, int]]:
-    """(n_k, local epochs, batch) cells: n_k x E at the middle batch size, and the batch
-    sweep at one n_k with one local epoch."""
-    b0 = 8 if 8 in opts.batch_sizes else opts.batch_sizes[0]
-    cells = [(n, e, b0) for n in opts.n_local for e in opts.local_epochs]
-    n_b = 16 if 16 in opts.n_local else opts.n_local[0]
-    cells += [(n_b, opts.local_epochs[0], b) for b in opts.batch_sizes if b != b0]
-    return list(dict.fromkeys(cells))
-
-
-def _label(n: int, e: int, b: int, t: int | None = None) -> str:
-    s = f"n_k={n or 'all'} E={e} B={b}"
-    return s if t is None else f"{s} {'t=1' if t == 1 else 't>=2'}"
-
-
 def attack_update(fed: views.Federation, layers, p_prev: np.ndarray, delta: np.ndarray,
                   k: int, iters: int, key: jax.Array, optimise: bool) -> dict[str, float]:
-    """Both attacks on worker k's update; the scores against its true data."""
+    """Both attacks on worker k's update; the scores against its true data (the attacker
+    uses the update, P^{t-1}, the reported size n = S_k and public data only)."""
     x_true, y_true = fed.x_parts[k], fed.y_parts[k]
     n, shape = len(y_true), x_true.shape[1:]
     out: dict[str, float] = {}
@@ -279,16 +310,67 @@ def attack_update(fed: views.Federation, layers, p_prev: np.ndarray, delta: np.n
         recon = analytic_inversion(delta, layers["first"], n, shape)
         s = metrics.scores(recon, x_true, y_true, fed.x_aux, fed.y_aux)
         out.update({f"analytic_{m}": v for m, v in s.items()})
+        out["analytic_recovered"] = recovered_share(recon, x_true)
+        out["analytic_psnr_db_median"] = float(np.median(_matched_psnr(recon, x_true)))
         labels = infer_labels(delta, layers["out"], n)
         out["label_acc"] = metrics.label_accuracy(labels, y_true)
     else:
         labels = y_true  # no dense output layer rule here: labels given
     if optimise and n <= OPT_MAX_SAMPLES:
-        recon = optimisation_inversion(fed.model, p_prev, delta, labels, shape, fed.specs[k],
-                                       iters, key)
+        recon = guessed_inversion(fed.model, p_prev, delta, labels, shape, iters, key)
         s = metrics.scores(recon, x_true, y_true, fed.x_aux, fed.y_aux)
         out.update({f"opt_{m}": v for m, v in s.items()})
+        out["opt_psnr_db_median"] = float(np.median(_matched_psnr(recon, x_true)))
     return out
+
+
+def _matched_psnr(recon: np.ndarray, x_true: np.ndarray) -> np.ndarray:
+    """f64[n] PSNR of each true image against its matched reconstruction (0 dB: none)."""
+    idx = metrics.match(recon, x_true)
+    ok = idx >= 0
+    out = np.zeros(len(x_true))
+    out[ok] = metrics.psnr(recon[idx[ok]], x_true[ok])
+    return out
+
+
+def recovered_share(recon: np.ndarray, x_true: np.ndarray) -> float:
+    """The share of the true images matched (Hungarian, pixel MSE) by a reconstruction at
+    PSNR >= ``RECOVERED_DB``."""
+    return float(np.mean(_matched_psnr(recon, x_true) >= RECOVERED_DB))
+
+
+class Setting(NamedTuple):
+    """One cell of E1's sweep."""
+
+    regime: str
+    n_k: int  # the victim's (or every worker's) local set size; 0: full shares
+    local_epochs: int
+    batch: int
+    every_worker: bool  # cut every worker (tiny federation), not the victim only
+
+
+def settings(opts: Options) -> list[Setting]:
+    """E1's cells: victim n_k (the recipe swept one knob at a time at n_k = 1 and 16),
+    full shares (local epochs swept), and the tiny federation (base recipe)."""
+    small = [n for n in VICTIM_SIZES if n in opts.n_local] or [1]
+    out = []
+    for n, e, b in views.recipe_cells(opts, small, () if opts.quick else
+                                      [n for n in (1, 16) if n in small]):
+        out.append(Setting(f"victim n_k={n}, others full shares", n, e, b, False))
+    e0, b0 = opts.local_epochs[0], 8 if 8 in opts.batch_sizes else opts.batch_sizes[0]
+    if 0 in opts.n_local and not opts.quick:
+        for e in opts.local_epochs:
+            out.append(Setting("every worker its full share", 0, e, b0, False))
+    out.append(Setting("tiny federation: every worker n_k=1", 1, e0, b0, True))
+    return out
+
+
+def _federation(opts: Options, seed: int, c: Setting) -> views.Federation:
+    if c.every_worker:
+        return cut_to(views.make_federation(opts, seed, local_epochs=c.local_epochs,
+                                            batch_size=c.batch), c.n_k)
+    return views.make_federation(opts, seed, victim_size=c.n_k, local_epochs=c.local_epochs,
+                                 batch_size=c.batch)
 
 
 def run(opts: Options, seed0: int = 0, progress: Callable[[str], None] | None = None
@@ -296,72 +378,90 @@ def run(opts: Options, seed0: int = 0, progress: Callable[[str], None] | None = 
     """E1 over the arms that send full models (signfedavg sends none: skipped)."""
     arms = [a for a in opts.arms if not a.startswith("signfedavg")]
     iters = 60 if opts.quick else 250
-    rounds = 1 if opts.quick else opts.rounds
-    cells: dict[tuple[str, str, str], list[float]] = {}
-    exposed: dict[tuple[str, str], list[float]] = {}
+    rounds = 2 if opts.quick else opts.rounds
+    # (arm, setting label, metric) -> seed -> values over the setting's epochs
+    per_seed: dict[tuple[str, str, str], dict[int, list[float]]] = {}
+    regime_of: dict[str, str] = {}
     cache: dict[tuple, dict[str, float]] = {}
 
-    def put(arm, setting, metric, value):
-        cells.setdefault((arm, setting, metric), []).append(value)
+    def put(arm, label, metric, seed, value):
+        per_seed.setdefault((arm, label, metric), {}).setdefault(seed, []).append(float(value))
 
-    for n, e, b in settings(opts):
+    for c in settings(opts):
+        recipe = views.recipe_label(c.n_k, c.local_epochs, c.batch)
         for s in range(opts.seeds):
             seed = seed0 + s
-            fed = cut_to(views.make_federation(opts, seed, local_epochs=e, batch_size=b), n)
+            fed = _federation(opts, seed, c)
             layers = layers_of(fed)
             for arm in arms:
                 rv = views.run_arm(fed, arm, rounds, seed, delta=opts.delta)
                 fedf = arm.startswith("fedf")
-                exposed.setdefault((arm, _label(n, e, b)), []).append(
-                    float(np.mean([v.pilot == 0 if fedf else 1.0 for v in rv])))
                 for v in rv:
-                    k = v.pilot if fedf else 0
-                    if k < 0:
+                    label = f"{c.regime} | {recipe} {'t=1' if v.epoch == 1 else 't>=2'}"
+                    regime_of[label] = c.regime
+                    # the target: the victim (victim regimes, and FedAvg), else the pilot
+                    target = 0 if (not fedf or not c.every_worker and c.n_k > 0) else v.pilot
+                    exposed = (v.pilot == target) if fedf else True
+                    put(arm, label, "pilot_exposed", seed, exposed and target >= 0)
+                    if not (exposed and target >= 0):
+                        put(arm, label, "analytic_recovered", seed, 0.0)
+                        if v.epoch == 1 and fed.sizes[0] <= OPT_MAX_SAMPLES:
+                            put(arm, label, "opt_iip_excess", seed, 0.0)
                         continue
-                    delta = v.q_sent[k].astype(np.float64) - v.p_prev
-                    ck = (seed, n, e, b, v.epoch, k, delta.tobytes())
+                    delta = v.q_sent[target].astype(np.float64) - v.p_prev
+                    ck = (seed, c, v.epoch, target, delta.tobytes())
                     if ck not in cache:
                         key = keys.stream(seed, keys.ATTACK + v.epoch)
-                        cache[ck] = attack_update(fed, layers, v.p_prev, delta, k, iters, key,
-                                                  optimise=v.epoch == 1)
+                        cache[ck] = attack_update(fed, layers, v.p_prev, delta, target, iters,
+                                                  key, optimise=v.epoch == 1)
                     for metric, value in cache[ck].items():
-                        put(arm, _label(n, e, b, v.epoch), metric, value)
+                        put(arm, label, metric, seed, value)
+                    if "opt_iip" in cache[ck]:
+                        put(arm, label, "opt_iip_excess", seed,
+                            cache[ck]["opt_iip"] - cache[ck]["opt_iip_chance"])
             if progress:
-                progress(f"E1 {_label(n, e, b)} seed {seed} done")
-    rows = [row(a, st, m, v) for (a, st, m), v in cells.items()]
-    rows += [row(a, st, "victim_exposed", v) for (a, st), v in exposed.items()]
-    verdict, why = _verdict(cells, arms)
+                progress(f"E1 {c.regime} {recipe} seed {seed} done")
+    # one value per seed: the mean over the setting's epochs (medians: the median)
+    vals = {k: [float(np.median(v) if k[2].endswith("_median") else np.mean(v))
+                for v in by.values()] for k, by in per_seed.items()}
+    rows = [row(a, st, m, v) for (a, st, m), v in vals.items() if m != "opt_iip_excess"]
+    regimes, tests = _verdict(vals, arms, regime_of)
     notes = " ".join([
-        f"{why} The FEDF master attacks the pilot of each epoch (every worker holds n_k",
-        "samples, so the pilot does too); the FedAvg master attacks worker 0, whose model it",
-        "receives every epoch. `victim_exposed`: the share of epochs in which the master",
-        "received worker 0's full model. Optimisation attack at t = 1 only,",
-        f"{iters} signed-Adam steps, the worker's hyper-parameters given to the attacker;",
-        "IIP candidates are the public auxiliary images and the worker's other images with",
-        "the same label (`*_iip_chance` is the chance level). signfedavg sends no model:",
-        "not attacked here (see E3)."])
-    return Result("E1", TITLE, CLAIM, CRITERION, rows, verdict, notes)
+        "The FEDF master attacks its target only in the epochs it received the target's model "
+        "(`pilot_exposed`: the share of epochs it did); FedAvg's master receives worker 0's "
+        "model every epoch. Values are per-seed means over the epochs of a setting (t=1; "
+        "t>=2), intervals over seeds; `*_psnr_db_median`: the median over the target's images "
+        "and epochs per seed, then the median over seeds. Optimisation attack at t = 1 only "
+        f"(n_k <= {OPT_MAX_SAMPLES}), {iters} signed-Adam steps per guess, the best of the "
+        f"prior's guesses (E in {PRIOR_EPOCHS}, B in {PRIOR_BATCHES} capped at n). IIP "
+        "candidates are the public auxiliary images and the worker's other images with the "
+        "same label (`*_iip_chance` is the chance level). signfedavg sends no model: not "
+        "attacked here (see E3)."])
+    return Result("E1", TITLE, CLAIM, CRITERION, rows, overall(regimes), notes,
+                  regimes=regimes, tests=tests)
 
 
-def _verdict(cells, arms) -> tuple[str, str]:
-    """Applies CRITERION to the FEDF arms' cells."""
+def _verdict(vals, arms, regime_of) -> tuple[list[Regime], list[Test]]:
+    """Applies CRITERION to the FEDF arms' cells, per regime."""
     fedf = [a for a in arms if a.startswith("fedf") and "+" not in a[6:]]
-    refute, support = [], True
-    for (arm, setting, metric), values in cells.items():
-        if arm not in fedf:
-            continue
-        m, lo, _ = mean_ci95(values, metric)
-        if metric == "analytic_psnr_db" and setting.startswith("n_k=1 ") and m > 40 and lo > 30:
-            refute.append(f"{arm} {setting}: analytic PSNR {m:.1f} dB")
-        if metric in ("analytic_psnr_db", "opt_psnr_db") and m >= 15:
-            support = False
-        if metric in ("analytic_iip", "opt_iip"):
-            chance = np.mean(cells.get((arm, setting, metric + "_chance"), [np.nan]))
-            if (metric == "opt_iip" and setting.startswith(("n_k=1 ", "n_k=4 "))
-                    and lo > 5 * chance):
-                refute.append(f"{arm} {setting}: {metric} {m:.2f} (chance {chance:.3f})")
-            if lo > chance:
-                support = False
-    return conclude(refute, support,
-                    "Supported: no FEDF reconstruction beat chance.",
-                    "Inconclusive: some leakage above chance, below the refutation bar.", most=4)
+    given = ("the target's model when it is the pilot, P^{t-1}, its reported size, the model "
+             "and public data; the optimisation attack guesses E, B and the learning rate "
+             "from a stated prior")
+    regimes, tests = [], []
+    for regime in dict.fromkeys(regime_of.values()):
+        labels = [lab for lab, r in regime_of.items() if r == regime]
+        cells_a = [(f"{a} {lab.split(' | ', 1)[1]} analytic",
+                    vals[(a, lab, "analytic_recovered")])
+                   for a in fedf for lab in labels if (a, lab, "analytic_recovered") in vals]
+        cells_o = [(f"{a} {lab.split(' | ', 1)[1]} optimisation",
+                    vals[(a, lab, "opt_iip_excess")])
+                   for a in fedf for lab in labels if (a, lab, "opt_iip_excess") in vals]
+        ra, ta = judge(regime, given, cells_a, MARGIN_RECOVERED, (0.0, 1.0), "share recovered")
+        ro, to = judge(regime, given, cells_o, MARGIN_IIP, (-1.0, 1.0), "IIP above chance")
+        tests += ta + to
+        pair = [r for r in (ra, ro) if r.reason != "No cell was measured."]
+        verdict = overall(pair)
+        reason = " ".join(f"({'analytic' if r is ra else 'optimisation'}) {r.reason}"
+                          for r in pair) or "No cell was measured."
+        regimes.append(Regime(regime, given, verdict, reason))
+    return regimes, tests

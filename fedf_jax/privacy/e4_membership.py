@@ -30,8 +30,10 @@ import numpy as np
 from fedf_jax import worker
 from fedf_jax.models import Model
 from fedf_jax.privacy import stats, views
-from fedf_jax.privacy.common import Options, Result, Row, row
+from fedf_jax.privacy.common import Options, Regime, Result, Row, Test, judge, overall, row
 from fedf_jax.privacy.e2_class_leakage import (
+    PRIOR_BATCHES,
+    PRIOR_EPOCHS,
     global_step,
     observe,
     observed_update,
@@ -43,10 +45,13 @@ TITLE = "Membership inference (master and curious worker)"
 CLAIM = ("Theorems 2 and 3: neither the honest-but-curious master (which sees T_k, and one "
          "model per round) nor an honest-but-curious worker (which sees P^t) has information "
          "on a worker's private data set; here: whether a given sample is in it.")
-CRITERION = ("Refuted if, in a FEDF arm, the membership AUC of the master's or the curious "
-             "worker's best score has a 95 % interval over seeds entirely above 0.5 and a "
-             "mean >= 0.6, at any n_k. Supported if every FEDF cell's interval lies below "
-             "0.6 (no meaningful leak is compatible with the data); inconclusive otherwise.")
+CRITERION = ("Per regime (the victim's n_k; every candidate member is in its local set, the "
+             "other workers keep their shares), the family of FEDF cells arm x recipe (E, B) x "
+             "score (master-agree, master-lira, worker-agree); per seed, the membership AUC "
+             "minus 0.5. Refuted if a cell's one-sided t-test is rejected after Holm "
+             "(family-wise 0.05) with a mean AUC >= 0.6; supported if every cell's 95 % upper "
+             "bound of the AUC is below 0.6; inconclusive otherwise.")
+MARGIN = 0.1  # AUC above 0.5
 
 SCORES = ("master-agree", "master-lira", "worker-agree")
 ALL_SIZE = 64  # n_k used for "all" (0): a victim holding this many candidates
@@ -140,6 +145,7 @@ def run(opts: Options, seed0: int = 0, progress: Callable[[str], None] | None = 
     per_side = 4 if opts.quick else SHADOWS_PER_SIDE
     rows: list[Row] = []
     pooled: dict = {}
+    per_seed_all: dict[tuple[str, str, str], list[float]] = {}
     recipes = views.recipe_cells(opts, sizes, () if opts.quick else
                                  [n for n in SWEEP_AT if n in sizes])
     for n_k, epochs, batch in recipes:
@@ -176,6 +182,8 @@ def run(opts: Options, seed0: int = 0, progress: Callable[[str], None] | None = 
                 progress(f"E4 {label} seed={seed} done")
         rows += [row(arm, f"{label} {name}", metric, vals)
                  for (arm, name, metric), vals in per_seed.items()]
+        per_seed_all.update({(arm, f"{label} {name}", metric): vals
+                             for (arm, name, metric), vals in per_seed.items()})
     pooled_rows = []
     for (arm, label, name), (ls, ss) in pooled.items():
         lab, sc = np.concatenate(ls), np.concatenate(ss)
@@ -183,7 +191,13 @@ def run(opts: Options, seed0: int = 0, progress: Callable[[str], None] | None = 
                                [stats.roc_auc(lab, sc)]))
         pooled_rows.append(row(arm, f"{label} {name} pooled", "tpr@1%fpr",
                                [stats.tpr_at_fpr(lab, sc, 0.01)]))
-    verdict, notes = _verdict(rows)
+    regimes, tests = _verdict(per_seed_all, opts.arms)
+    verdict = overall(regimes)
+    notes = ("The master sees the victim's T_k (its model when it is the pilot), the curious "
+             "worker P^t; both know P^{t-1} and the candidates. LiRA's shadow workers guess "
+             "the victim's local epochs and batch size from the prior E in "
+             f"{PRIOR_EPOCHS}, B in {PRIOR_BATCHES} (one draw per round) and its learning "
+             "rate from the public range.")
     notes += (f" Per seed: {repeats} attacked data sets x 2 n_k candidates; pooled rows join "
               f"all seeds ({len(seeds) * repeats * 2} x n_k candidates). TPR at 1 % FPR "
               "needs >= 100 non-members to resolve; per-seed values are coarse. LiRA uses "
@@ -193,20 +207,24 @@ def run(opts: Options, seed0: int = 0, progress: Callable[[str], None] | None = 
               "fixed beforehand, counts only AUC above 0.5.")
     return Result("E4", TITLE, CLAIM, CRITERION, rows + pooled_rows, verdict, notes,
                   extra={"sizes": list(sizes), "recipes": recipes, "repeats": repeats,
-                         "shadows_per_side_max": per_side, "shadow_budget": SHADOW_BUDGET})
+                         "shadows_per_side_max": per_side, "shadow_budget": SHADOW_BUDGET},
+                  regimes=regimes, tests=tests)
 
 
-def _verdict(rows: list[Row]) -> tuple[str, str]:
-    """Applies :data:`CRITERION` to the per-seed AUC rows."""
-    fedf = [r for r in rows if r.arm.startswith("fedf") and r.metric == "auc"]
-    leaks = [r for r in fedf if r.lo > 0.5 and r.mean >= 0.6]
-    safe = [r for r in fedf if r.hi < 0.6]
-    if leaks:
-        best = max(leaks, key=lambda r: r.mean)
-        return "refuted", (f"{len(leaks)} FEDF cells infer membership; best: {best.arm} "
-                           f"{best.setting} AUC {best.mean:.2f} [{best.lo:.2f}, {best.hi:.2f}].")
-    if len(safe) == len(fedf):
-        return "supported", "Every FEDF cell's AUC interval lies below 0.6."
-    return "inconclusive", ("No FEDF cell's AUC interval lies entirely above 0.5 with a mean "
-                            ">= 0.6, but some intervals reach 0.6 (too few seeds to exclude a "
-                            "leak).")
+def _verdict(per_seed: dict, arms) -> tuple[list[Regime], list[Test]]:
+    """Applies :data:`CRITERION`: one regime per victim n_k."""
+    fedf = [a for a in arms if a.startswith("fedf") and "+" not in a[6:]]
+    by: dict[str, list[tuple[str, list[float]]]] = {}
+    for (arm, setting, metric), values in per_seed.items():
+        if arm in fedf and metric == "auc":
+            by.setdefault(setting.split()[0], []).append(
+                (f"{arm} {setting}", [v - 0.5 for v in values]))
+    given = ("master: the victim's T_k (its model when it is the pilot); curious worker: P^t; "
+             "both: P^{t-1}, the candidates, public data, guessed hyper-parameters")
+    regimes, tests = [], []
+    for n_k, cells in by.items():
+        r, t = judge(f"victim {n_k}, others full shares", given, cells, MARGIN, (-0.5, 0.5),
+                     "AUC above 0.5")
+        regimes.append(r)
+        tests += t
+    return regimes, tests

@@ -1,4 +1,4 @@
-"""The privacy experiments E1-E9: registry, runner, result files, verdicts per theorem.
+"""The privacy experiments E1-E12: registry, runner, result files, verdicts per theorem.
 
 Every experiment module exposes ``TITLE``, ``CLAIM``, ``CRITERION`` (the
 falsification criterion, fixed before running) and ``run(opts, seed0, progress) ->
@@ -23,6 +23,7 @@ MODULES = {
     "E1": "e1_inversion", "E2": "e2_class_leakage", "E3": "e3_reconstruction",
     "E4": "e4_membership", "E5": "e5_property", "E6": "e6_curious_worker",
     "E7": "e7_collusion", "E8": "e8_lying", "E9": "e9_defences",
+    "E10": "e10_secure_sum", "E11": "e11_hierarchy", "E12": "e12_pilot_guard",
 }
 
 # which of the paper's claims each experiment tests (DESIGN §7, paper section 4.2)
@@ -31,6 +32,8 @@ THEOREMS = {
     "Theorem 3 (honest-but-curious workers)": ("E6",),
     "Theorem 4 (up to N-2 colluders)": ("E7", "E8"),
     "Defences (DP, pilot noise) and audit": ("E9",),
+    "Secure layers (secure sum, hierarchy, Paillier)": ("E10", "E11"),
+    "Robust pilot choice (DESIGN §9)": ("E12",),
 }
 
 
@@ -145,13 +148,19 @@ def write_result(result: Result, out_dir: str | Path) -> tuple[Path, Path]:
 
 def read_result(path: str | Path) -> Result:
     """A Result back from its ``result.json``."""
-    from fedf_jax.privacy.common import Row
+    from fedf_jax.privacy.common import Regime, Row, Test
 
     d = json.loads(Path(path).read_text())
     nan = float("nan")
-    rows = [Row(**{k: (nan if v is None else v) for k, v in r.items()}) for r in d["rows"]]
+
+    def back(v):
+        return nan if v is None else v
+
+    rows = [Row(**{k: back(v) for k, v in r.items()}) for r in d["rows"]]
+    regimes = [Regime(**r) for r in d.get("regimes", [])]
+    tests = [Test(**{k: back(v) for k, v in t.items()}) for t in d.get("tests", [])]
     return Result(d["experiment"], d["title"], d["claim"], d["criterion"], rows, d["verdict"],
-                  d.get("notes", ""), d.get("extra", {}))
+                  d.get("notes", ""), d.get("extra", {}), regimes, tests)
 
 
 def theorem_verdict(verdicts: list[str]) -> str:

@@ -1,5 +1,6 @@
 """Attack-success statistics: ROC AUC, TPR at a fixed FPR, set F1, balanced accuracy,
-Clopper-Pearson intervals, and the 95 % interval of a metric's mean over seeds.
+Clopper-Pearson intervals, the 95 % interval of a metric's mean (or median) over seeds,
+one-sided p-values of a leak and Holm's correction over a family of cells.
 
 Host-side numpy. Scores follow one convention throughout: a larger score means
 "more likely positive" (a member, a held class, a worker with the property).
@@ -29,11 +30,26 @@ METRIC_RANGES: dict[str, tuple[float, float]] = {
                      "analytic_iip", "analytic_iip_chance", "opt_iip", "opt_iip_chance",
                      "recovered", "recovered_best_worker", "trits_right", "identifiable",
                      "size_right", "sizes_found", "ambiguous", "constant_guess",
-                     "victim_pilot", "colluder_pilot", "victim_exposed"), _UNIT),
-    **dict.fromkeys(("psnr_db", "analytic_psnr_db", "opt_psnr_db", "victim_psnr_db"), _PSNR),
-    **dict.fromkeys(("ssim", "analytic_ssim", "opt_ssim", "accuracy_drop"), _SIGNED),
+                     "victim_pilot", "colluder_pilot", "victim_exposed", "pilot_exposed",
+                     "analytic_recovered", "opt_iip_hit", "pair_right", "victim_right",
+                     "victim_right_no_prior", "victim_right_class_prior",
+                     "victim_right_informed", "own_vote_guess", "attribution_right",
+                     "hijack", "false_alarm", "guard_rejected", "auc_sum", "f1_sum",
+                     "f1_control", "member_auc", "class_f1_pilot", "class_f1_message",
+                     "exposed", "trits_right_informed", "diverged", "e12_accuracy",
+                     "victim_pilot_guarded", "bad_pilot", "liar_pilot", "best_baseline",
+                     "others_zero", "trits_right_blind", "refused", "admissible_share"),
+                    _UNIT),
+    **dict.fromkeys(("psnr_db", "analytic_psnr_db", "opt_psnr_db", "victim_psnr_db",
+                     "analytic_psnr_db_median", "opt_psnr_db_median", "psnr_db_median"),
+                    _PSNR),
+    **dict.fromkeys(("ssim", "analytic_ssim", "opt_ssim", "accuracy_drop",
+                     "accuracy_cost", "f1_excess_message", "f1_excess_sum",
+                     "f1_excess_pilot_rounds", "pilot_f1_excess", "best_baseline_excess"),
+                    _SIGNED),
     **dict.fromkeys(("residual", "q_max_abs_err", "audited_eps_lb", "accountant_eps",
-                     "accountant_eps_all_rounds"), _NONNEG),
+                     "accountant_eps_all_rounds", "residual_no_prior", "residual_class_prior",
+                     "residual_informed", "test_loss", "clip"), _NONNEG),
 }
 ALPHA = 0.05  # every interval over seeds is two-sided 95 %
 # How :func:`mean_interval` found an interval (the ``interval`` field of a result row).
@@ -46,6 +62,10 @@ INTERVALS = {
                  "the value)",
     "n=1": "one value: no interval (lo, hi NaN)",
     "n=0": "no finite value",
+    "median order statistics": "the median; interval between two order statistics with "
+                               "binomial coverage >= 95 %",
+    "median range": "the median; interval from the smallest to the largest value (too few "
+                    "values for 95 % order-statistic coverage: the coverage is stated)",
 }
 
 
@@ -229,3 +249,107 @@ def clopper_pearson(successes: int, trials: int, alpha: float = 0.05) -> tuple[f
     hi = 1.0 if successes == trials else stats.beta.ppf(1 - alpha / 2, successes + 1,
                                                         trials - successes)
     return float(lo), float(hi)
+
+
+def median_interval(values: npt.ArrayLike, bounds: Sequence[float] = (-math.inf, math.inf)
+                    ) -> Interval:
+    """The median of ``values`` and a distribution-free interval for it.
+
+    The interval is [x_(j), x_(n+1-j)] with the largest j whose binomial coverage
+    ``1 - 2 P(Binom(n, 1/2) <= j - 1)`` is at least 95 %; with fewer than 6 values no j
+    reaches it and the interval is [min, max] (method ``"median range"``; its coverage,
+    ``1 - 2^(1-n)``, is below 95 %). The median is what a capped metric (PSNR at
+    :data:`PSNR_CAP_DB`) should be summarised by: a mean mixes exact and failed
+    reconstructions.
+
+    Raises:
+      ValueError: a value lies outside ``bounds``.
+    """
+    low, high = (float(b) for b in bounds)
+    v = np.sort(np.asarray(values, np.float64).ravel())
+    v = v[np.isfinite(v)]
+    tol = 1e-9 * max([1.0, *(abs(b) for b in (low, high) if math.isfinite(b))])
+    if v.size and (v[0] < low - tol or v[-1] > high + tol):
+        raise ValueError(f"values [{v[0]!r}, {v[-1]!r}] lie outside the metric's range "
+                         f"[{low}, {high}].")
+    if v.size == 0:
+        return Interval(math.nan, math.nan, math.nan, 0, "n=0")
+    med = float(np.median(v))
+    if v.size == 1:
+        return Interval(med, math.nan, math.nan, 1, "n=1")
+    n = v.size
+    best = 0
+    for j in range(1, n // 2 + 1):
+        if 1 - 2 * stats.binom.cdf(j - 1, n, 0.5) >= 1 - ALPHA:
+            best = j
+    if best == 0:
+        return Interval(med, float(v[0]), float(v[-1]), n, "median range")
+    return Interval(med, float(v[best - 1]), float(v[n - best]), n, "median order statistics")
+
+
+class PValue(NamedTuple):
+    """A one-sided p-value and how it was found."""
+
+    p: float
+    method: str  # "student-t", "binomial (values at the range's ends)", "no spread", "n<2"
+
+
+def p_above(values: npt.ArrayLike, threshold: float = 0.0,
+            bounds: Sequence[float] = (-math.inf, math.inf)) -> PValue:
+    """One-sided p-value of H0: mean <= ``threshold`` against mean > ``threshold``, from
+    independent values (one per seed).
+
+    * fewer than two finite values: p = 1 (one seed never refutes);
+    * ``bounds`` finite and every value at one of its ends (a rate of 0/1 outcomes, a
+      PSNR at its cap): exact binomial test of the share k at the top end. A variable in
+      [low, high] with mean mu is at the top end with probability at most
+      ``(mu - low) / (high - low)`` (Markov), so under H0 ``p = P(Binom(n, pi0) >= k)``
+      with ``pi0 = (threshold - low) / (high - low)`` is valid;
+    * every value equal elsewhere: no spread to test with, p = 1 (stated as such);
+    * else Student's one-sample t-test.
+
+    Raises:
+      ValueError: ``bounds`` not low < high.
+    """
+    low, high = (float(b) for b in bounds)
+    if not low < high:
+        raise ValueError(f"`bounds` (={tuple(bounds)}) must be (low, high) with low < high.")
+    v = np.asarray(values, np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if v.size < 2:
+        return PValue(1.0, "n<2")
+    tol = 1e-9 * max([1.0, *(abs(b) for b in (low, high) if math.isfinite(b))])
+    at_top, at_bottom = np.abs(v - high) <= tol, np.abs(v - low) <= tol
+    if math.isfinite(low) and math.isfinite(high) and np.all(at_top | at_bottom):
+        pi0 = min(max((threshold - low) / (high - low), 0.0), 1.0)
+        k = int(at_top.sum())
+        return PValue(float(stats.binom.sf(k - 1, v.size, pi0)) if k else 1.0,
+                      "binomial (values at the range's ends)")
+    if np.all(v == v[0]):
+        return PValue(1.0, "no spread")
+    t = (v.mean() - threshold) / (v.std(ddof=1) / math.sqrt(v.size))
+    return PValue(float(stats.t.sf(t, v.size - 1)), "student-t")
+
+
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values (Holm 1979): reject cell i at level a when its
+    adjusted p is <= a; the family-wise error rate is then at most a.
+
+    ``p_(i) -> max_{j <= i} min(1, (m - j + 1) p_(j))`` over the p-values sorted
+    ascending.
+
+    Returns:
+      f64[m], in the input's order.
+    """
+    p = np.asarray(pvalues, np.float64).ravel()
+    m = p.size
+    if m == 0:
+        return p
+    if np.any(np.isnan(p)) or np.any((p < 0) | (p > 1)):
+        raise ValueError(f"`pvalues` must lie in [0, 1]; got {p.tolist()}.")
+    order = np.argsort(p, kind="stable")
+    adj = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    adj = np.maximum.accumulate(adj)
+    out = np.empty(m)
+    out[order] = adj
+    return out

@@ -37,13 +37,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedf_jax import codec, keys, layout, master, protocol, worker
-from fedf_jax.algorithms import fedavg
+from fedf_jax import guard as pilot_guard
+from fedf_jax.algorithms import fedavg, fedf
 from fedf_jax.data import load_dataset, partition
 from fedf_jax.models import Model, make_model
 from fedf_jax.privacy.common import Defence, Options
 
 BASE_ARMS = ("fedavg", "signfedavg", "fedf+1", "fedf-1")
-DEFENCE_PREFIXES = ("+dp", "+pilotnoise")
+DEFENCE_PREFIXES = ("+dp", "+dpsgd", "+pilotnoise")
 AUX_FRACTION = 0.25  # share of the training set kept back as public auxiliary data
 LR_RANGE = (0.05, 0.2)  # private learning rates alpha_k, drawn log-uniformly per worker
 ALPHA0 = 0.01  # the master's learning rate (MasterConfig's default)
@@ -98,8 +99,13 @@ class RoundView(NamedTuple):
         (fedavg).
       costs: f32[N] reported costs C_k^t.
       sizes: i64[N] reported S_k.
-      pilot: k* (-1 for non-FEDF arms, or when no cost is finite).
+      pilot: k* (-1 for non-FEDF arms, or when no cost is finite, or none is admissible
+        under a guard).
       p_new: f32[M] P^t.
+      paper_pilot: the pilot Eq. (1) alone would choose (differs from ``pilot`` only under
+        a pilot guard).
+      pilot_refused: the guard refused the pilot's step; Eq. (3) used P^{t-1} in place of
+        its model.
     """
 
     epoch: int
@@ -112,6 +118,8 @@ class RoundView(NamedTuple):
     sizes: np.ndarray
     pilot: int
     p_new: np.ndarray
+    paper_pilot: int = -1
+    pilot_refused: bool = False
 
 
 @functools.cache
@@ -316,9 +324,59 @@ Report = Callable[[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
                   tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
+class FedfRound(NamedTuple):
+    """What one FEDF epoch at a master produced (:func:`fedf_round`)."""
+
+    state: master.MasterState  # the master before the next epoch
+    ternary: np.ndarray  # i8[N, M] T_k of every row (the pilot's is not sent)
+    pilot: int  # k*, -1: none
+    q_pilot: np.ndarray  # f32[M] the pilot's model as sent (after a pilot defence)
+    paper_pilot: int  # Eq. (1)'s choice without a guard
+    refused: bool  # the guard refused the pilot's step
+
+
+def fedf_round(ms: master.MasterState, q_sent: np.ndarray, costs: np.ndarray,
+               sizes: np.ndarray, alphas: jax.Array, betas: jax.Array,
+               cfg: master.MasterConfig, guard: pilot_guard.GuardConfig | None = None,
+               pilot_noise: Callable[[jax.Array], jax.Array] | None = None) -> FedfRound:
+    """One FEDF epoch at a master, from the messages it receives: the pilot (Eq. 1, over
+    the admissible workers under a ``guard``), every T_k (Eq. 4/5) and P^t (Eq. 3 over
+    the packed ternaries, ``master.update``).
+
+    Args:
+      ms: the master before the epoch (``ms.epoch`` is t).
+      q_sent: f32[N, M] the models the workers would send; costs: f32[N]; sizes: [N].
+      alphas, betas: f32[N] alpha_k (Eq. 4) and beta_k (Eq. 5, 3).
+      cfg: the master's settings (alpha0, direction, scheme).
+      guard: the pilot guard's knobs (:mod:`fedf_jax.guard`); None: the paper's rule.
+      pilot_noise: applied to the pilot's model before it is sent (a defence).
+    """
+    sel = master.select(ms, costs, sizes)
+    paper = int(sel.pilot)
+    if guard is not None:
+        adm = pilot_guard.admissible(costs, ms.prev_costs, sizes, ms.epoch, guard)
+        sel = sel._replace(pilot=pilot_guard.select(sel.goodness, adm))
+    pilot = int(sel.pilot)
+    ternary = np.asarray(_ternarize(jnp.asarray(q_sent), ms.p_prev, ms.p_prev2, alphas, betas,
+                                    ms.epoch))
+    q_pilot = jnp.asarray(q_sent[max(pilot, 0)])
+    if pilot_noise is not None and pilot >= 0:
+        q_pilot = pilot_noise(q_pilot)
+    q_used, refused = q_pilot, False
+    if guard is not None and pilot >= 0:
+        ok = pilot_guard.step_ok(q_pilot, ms.p_prev, ms.p_prev2, ternary, sel.pilot, sel.valid,
+                                 betas, ms.epoch, guard)
+        refused = not bool(ok)
+        q_used = pilot_guard.pilot_model(q_pilot, ms.p_prev, ok)
+    packed = codec.pack_jnp(jnp.asarray(ternary), cfg.scheme)
+    new = master.update(ms, sel, costs, q_used, packed, sizes, betas, cfg)
+    return FedfRound(new, ternary, pilot, np.asarray(q_pilot), paper, refused)
+
+
 def run_arm(fed: Federation, arm: str, rounds: int, seed: int,
             defence: Defence | None = None, report: Report | None = None,
-            delta: float = 1e-5) -> list[RoundView]:
+            delta: float = 1e-5, guard: pilot_guard.GuardConfig | None = None
+            ) -> list[RoundView]:
     """Runs one protocol arm for ``rounds`` global epochs and records every round.
 
     Args:
@@ -326,12 +384,14 @@ def run_arm(fed: Federation, arm: str, rounds: int, seed: int,
       arm: one of ``BASE_ARMS`` with an optional defence suffix (see the module doc).
       rounds: global epochs.
       seed: the training seed (keys as the simulator's: ``keys.stream(seed, ...)``).
-      defence: used instead of the arm's suffix when given.
+      defence: used instead of the arm's suffix when given. A defence with a ``train``
+        method (example-level DP-SGD) replaces the local training itself.
       report: a lying worker's hook, ``report(epoch, p_prev, q_sent, costs, sizes) ->
         (q_sent, costs, sizes)`` on copies of f32[M] P^{t-1}, f32[N, M], f32[N], i64[N]:
         the returned rows are what the workers send and report (their ternaries derive
         from ``q_sent``).
       delta: the delta given to ``defences.from_arm``.
+      guard: FEDF arms: the pilot guard's knobs (None: the paper's rule).
 
     Returns:
       One RoundView per epoch.
@@ -339,10 +399,13 @@ def run_arm(fed: Federation, arm: str, rounds: int, seed: int,
     base, suffix = parse_arm(arm)
     if isinstance(rounds, bool) or int(rounds) != rounds or rounds < 1:
         raise ValueError(f"`rounds` (={rounds!r}) must be an integer >= 1.")
+    if guard is not None:
+        pilot_guard.check_config(guard)
     if defence is None and suffix:
         from fedf_jax.privacy import defences  # noqa: PLC0415 (built by the defences module)
 
-        defence = defences.from_arm(arm, rounds, delta)
+        defence = defences.from_arm(arm, rounds, delta, fed=fed)
+    trains = callable(getattr(defence, "train", None))
     workers, opt_states = _setup(fed, seed)
     n = len(fed.specs)
     lrs = jnp.asarray([s.lr for s in fed.specs], jnp.float32)
@@ -354,7 +417,11 @@ def run_arm(fed: Federation, arm: str, rounds: int, seed: int,
     views = []
     for t in range(1, rounds + 1):
         p_prev, p_prev2 = np.asarray(ms.p_prev), np.asarray(ms.p_prev2)
-        q_true, costs, opt_states = train_workers(fed.model, workers, opt_states, p_prev, t)
+        if trains:
+            q_true, costs = defence.train(fed, seed, t, p_prev)
+        else:
+            q_true, costs, opt_states = train_workers(fed.model, workers, opt_states, p_prev,
+                                                      t)
         q_sent, rep_costs = q_true, costs
         worker_keys, pilot_key = _defence_keys(seed, t, n)
         if defence is not None:
@@ -369,19 +436,17 @@ def run_arm(fed: Federation, arm: str, rounds: int, seed: int,
             q_sent = np.asarray(q_sent, np.float32)
             rep_costs = np.asarray(rep_costs, np.float32)
             sizes = np.asarray(sizes, np.int64)
-        ternary, pilot = None, -1
+        ternary, pilot, paper, refused = None, -1, -1, False
         if base.startswith("fedf"):
             ms = ms._replace(epoch=jnp.int32(t))
-            sel = master.select(ms, rep_costs, sizes)
-            pilot = int(sel.pilot)
-            ternary = np.asarray(_ternarize(jnp.asarray(q_sent), ms.p_prev, ms.p_prev2, lrs,
-                                            betas, jnp.int32(t)))
-            q_pilot = jnp.asarray(q_sent[max(pilot, 0)])
-            if defence is not None and pilot >= 0:
-                q_pilot = defence.pilot(pilot_key, q_pilot)
-                q_sent[pilot] = np.asarray(q_pilot)
-            packed = codec.pack_jnp(jnp.asarray(ternary), cfg.scheme)
-            ms = master.update(ms, sel, rep_costs, q_pilot, packed, sizes, betas, cfg)
+            noise = None
+            if defence is not None:
+                noise = functools.partial(defence.pilot, pilot_key)
+            r = fedf_round(ms, q_sent, rep_costs, sizes, lrs, betas, cfg, guard, noise)
+            ms, ternary, pilot, paper, refused = (r.state, r.ternary, r.pilot, r.paper_pilot,
+                                                  r.refused)
+            if pilot >= 0:
+                q_sent[pilot] = r.q_pilot
             p_new = np.asarray(ms.p_prev)
         else:
             ok = np.isfinite(rep_costs)
@@ -396,9 +461,137 @@ def run_arm(fed: Federation, arm: str, rounds: int, seed: int,
             p_new = p_new.astype(np.float32)
             ms = master.MasterState(jnp.asarray(p_new), jnp.asarray(p_prev),
                                     jnp.asarray(rep_costs), jnp.int32(t + 1))
-        views.append(RoundView(t, p_prev, p_prev2, q_true, q_sent, ternary, rep_costs,
-                               sizes, pilot, p_new))
+        views.append(RoundView(t, p_prev, p_prev2, np.asarray(q_true), q_sent, ternary,
+                               rep_costs, sizes, pilot, p_new, paper, refused))
     return views
+
+
+class GroupRound(NamedTuple):
+    """One outer epoch of the two-level hierarchy (DESIGN §8), as each master sees it.
+
+    Attributes:
+      epoch: the outer epoch t.
+      groups: ``groups[g][i]``: group g's inner epoch i as its group master sees it (a
+        :class:`RoundView` whose rows are the group's workers, in ``members[g]`` order;
+        its epoch is the group master's own epoch count).
+      top: the top level, a RoundView whose rows are the G group masters (``q_sent``:
+        the groups' models Q_g, ``costs``: C_g, ``sizes``: S_g, ``ternary``: T_g with
+        threshold alpha0 at t = 1).
+    """
+
+    epoch: int
+    groups: list[list[RoundView]]
+    top: RoundView
+
+
+def run_groups(fed: Federation, members: Sequence[Sequence[int]], kappa: int, rounds: int,
+               seed: int) -> list[GroupRound]:
+    """Runs FEDF in two levels and records what every group master and the top master
+    observe.
+
+    Each outer epoch the top's P^{t-1} becomes every group's (``fedf.level``'s
+    ``reset``); each group runs ``kappa`` FEDF epochs over its workers
+    (:func:`fedf_round`, its workers trained with their global ids' keys); each group
+    master is then one worker of the top level (``fedf.level``'s ``contribution``: S_g
+    the sum of S_k, C_g the S_k-weighted mean of the last finite costs, Q_g the group's
+    model), and the top runs :func:`fedf_round` over the G groups with the threshold
+    alpha0 (Eq. 4) and beta_g the mean of its workers' beta_k. The same epochs as
+    ``hierarchy.outer`` over ``fedf.level`` (checked in the tests).
+
+    Args:
+      fed: the federation.
+      members: G disjoint lists of worker ids covering 0..N-1.
+      kappa: inner epochs per outer epoch.
+      rounds: outer epochs.
+      seed: the training seed.
+
+    Returns:
+      One GroupRound per outer epoch.
+    """
+    n = len(fed.specs)
+    groups = [list(map(int, g)) for g in members]
+    if sorted(k for g in groups for k in g) != list(range(n)) or any(not g for g in groups):
+        raise ValueError(f"`members` (={groups}) must split the workers 0..{n - 1} into "
+                         "non-empty groups, each worker once.")
+    if isinstance(kappa, bool) or int(kappa) != kappa or kappa < 1:
+        raise ValueError(f"`kappa` (={kappa!r}) must be an integer >= 1.")
+    if isinstance(rounds, bool) or int(rounds) != rounds or rounds < 1:
+        raise ValueError(f"`rounds` (={rounds!r}) must be an integer >= 1.")
+    cfg = master.MasterConfig(alpha0=fed.alpha0, beta=fed.beta)
+    # fedf.level's reset and contribution: the hierarchy's own rules (RunConfig-free: the
+    # level reads cfg.master only)
+    lay0 = None
+    parts_x, parts_y = fed.x_parts, fed.y_parts
+    setups = []
+    for g in groups:
+        x = np.concatenate([parts_x[k] for k in g])
+        y = np.concatenate([parts_y[k] for k in g])
+        bounds = np.cumsum([0] + [len(parts_y[k]) for k in g])
+        parts = [np.arange(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        w = layout.build([fed.specs[k] for k in g], x, y, parts,
+                         betas=np.full(len(g), fed.beta), x_test=fed.x_test, y_test=fed.y_test,
+                         train_key=keys.stream(seed, keys.TRAIN), ids=g)
+        lay0 = lay0 or w.layout
+        setups.append((w, layout.init_opt_states(w.layout, w.data, jnp.asarray(fed.p0))))
+    level = fedf.level(_LevelConfig(cfg), fed.model, lay0, np.full(len(groups), fed.beta))
+    g_states = [fedf.State(master.init(fed.p0, len(g)), ()) for g in groups]
+    top = master.init(fed.p0, len(groups))
+    betas_g = jnp.full((len(groups),), fed.beta, jnp.float32)
+    alphas_g = jnp.full((len(groups),), fed.alpha0, jnp.float32)
+    out = []
+    for t in range(1, rounds + 1):
+        per_group, q_g, c_g, s_g = [], [], [], []
+        for gi, g in enumerate(groups):
+            w, opt = setups[gi]
+            state = level.reset(g_states[gi], top)
+            ms = state.master
+            lrs = jnp.asarray([fed.specs[k].lr for k in g], jnp.float32)
+            betas = jnp.full((len(g),), fed.beta, jnp.float32)
+            inner = []
+            costs = None
+            for _ in range(kappa):
+                p_prev, p_prev2 = np.asarray(ms.p_prev), np.asarray(ms.p_prev2)
+                q, costs, opt = train_workers(fed.model, w, opt, p_prev, int(ms.epoch))
+                r = fedf_round(ms, q, costs, w.sizes, lrs, betas, cfg)
+                inner.append(RoundView(int(ms.epoch), p_prev, p_prev2, q, q.copy(), r.ternary,
+                                       costs, w.sizes.copy(), r.pilot,
+                                       np.asarray(r.state.p_prev), r.paper_pilot, r.refused))
+                ms = r.state
+            setups[gi] = (w, opt)
+            g_states[gi] = state._replace(master=ms)
+            q, c, size = level.contribution(g_states[gi], w.data, {"costs": jnp.asarray(costs)})
+            per_group.append(inner)
+            q_g.append(np.asarray(q))
+            c_g.append(float(c))
+            s_g.append(float(size))
+        q_g = np.stack(q_g)
+        c_g = np.asarray(c_g, np.float32)
+        s_g = np.asarray(s_g, np.float64)
+        p_prev, p_prev2 = np.asarray(top.p_prev), np.asarray(top.p_prev2)
+        top = top._replace(epoch=jnp.int32(t))
+        r = fedf_round(top, q_g, c_g, s_g, alphas_g, betas_g, cfg)
+        top_view = RoundView(t, p_prev, p_prev2, q_g, q_g.copy(), r.ternary, c_g, s_g,
+                             r.pilot, np.asarray(r.state.p_prev), r.paper_pilot, r.refused)
+        top = r.state
+        out.append(GroupRound(t, per_group, top_view))
+    return out
+
+
+class _LevelConfig(NamedTuple):
+    """The part of a RunConfig that ``fedf.level`` reads: the master's settings."""
+
+    master: master.MasterConfig
+
+
+def permute_workers(fed: Federation, order: Sequence[int]) -> Federation:
+    """The federation with its workers in another order: worker i of the result is worker
+    ``order[i]`` of ``fed`` (its data and private spec)."""
+    order = [int(k) for k in order]
+    if sorted(order) != list(range(len(fed.specs))):
+        raise ValueError(f"`order` (={order}) must be a permutation of 0..{len(fed.specs) - 1}.")
+    return fed._replace(x_parts=[fed.x_parts[k] for k in order],
+                        y_parts=[fed.y_parts[k] for k in order],
+                        specs=tuple(fed.specs[k] for k in order))
 
 
 @functools.partial(jax.jit, static_argnums=(0,))

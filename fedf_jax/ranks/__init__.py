@@ -11,6 +11,9 @@ it runs ``--group-epochs`` inner epochs with its group, then sends the top its
 S_g, C_g and the model or the ternary of Q_g (``algorithms.fedf.level``).
 
 - ``fedf``: the FEDF master over any link, a worker rank, a group master.
+- ``asynchronous``: ``--schedule async`` in groups: the top master applying the group
+  masters' contributions as they arrive (``backends.mpi.p2p``), a group master's loop of
+  jobs until stopped, its worker ranks'.
 - ``admm``: the ADMM SVM's master and worker ranks (consensus, samples split): the
   four phases of ``admm.consensus_step`` with the sums over ranks in float64.
 """

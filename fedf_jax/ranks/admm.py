@@ -55,7 +55,7 @@ def run_worker(cfg: RunConfig, link: Link, ids: Sequence[int], *, world_rank: in
     z = jnp.zeros((k, p), jnp.float32)
     phase_x = jax.jit(jax.vmap(admm.worker_x, (0, 0, 0, None, 0, 0, None, None)))
     phase_dual = jax.jit(jax.vmap(admm.worker_dual, (0, 0, 0, 0, 0, None, None, None)))
-    costs_at = jax.jit(functools.partial(admm_svm._worker_costs, C=None))
+    costs_at = jax.jit(functools.partial(admm_svm.worker_costs, C=None))
     link.gather_json({"rank": world_rank, "host": _host(), "ids": list(ids),
                       "sizes": [int(m.sum()) for m in data.mask],
                       "devices": [str(d) for d in jax.local_devices()]})
@@ -128,7 +128,7 @@ def run_master(cfg: RunConfig, link: Link, out: Path, head_extra: Callable[[list
 
     def advance(state: State, count):
         t = link.epoch = state.epoch
-        link.moved = {}
+        link.moved, link.added = {}, {}
         ctrl[0], ctrl[1] = 0, t
         ctrl[2:2 + k], ctrl[2 + k:] = np.asarray(state.rho), np.asarray(state.scale)
         link.share(ctrl, "control")
@@ -147,13 +147,15 @@ def run_master(cfg: RunConfig, link: Link, out: Path, head_extra: Callable[[list
                               "test_accuracy": acc})
         return State(z, rho, scale, t + 1), [
             {**out, "epoch": t, "costs": costs, "dropped_frames": [],
-             "mpi_bytes": int(sum(link.moved.values())), "mpi_bytes_detail": dict(link.moved)}]
+             "mpi_bytes": int(sum(link.moved.values())), "mpi_bytes_detail": dict(link.moved),
+             "bytes_aead": link.bytes_aead}]
 
-    base = admm_svm.make_record(cfg, admm_svm.iteration_bytes("samples", n, k, p), 2, sizes)
+    base = admm_svm.make_record(cfg, admm_svm.iteration_bytes("samples", n, k, p)[0], 2, sizes)
 
     def record(out, wall_s):
         return {**base(out, wall_s),
-                **{key: out[key] for key in ("dropped_frames", "mpi_bytes", "mpi_bytes_detail")}}
+                **{key: out[key] for key in ("dropped_frames", "mpi_bytes", "mpi_bytes_detail",
+                                             "bytes_aead")}}
 
     try:
         return harness.execute(

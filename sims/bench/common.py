@@ -7,9 +7,12 @@ both see the same load (the box may be shared), plus medians and minimums.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 
 import jax
@@ -107,3 +110,24 @@ def peak_rss_mib() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def spawn(script: str, *args: str, timeout: float | None = None) -> dict:
+    """Runs ``python script --child ARGS`` in a fresh process (this folder on its path)
+    and returns the JSON object on the last line of its output."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "PYTHONPATH": here + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = subprocess.run([sys.executable, os.path.abspath(script), "--child", *args],
+                         capture_output=True, text=True, env=env, check=False,
+                         timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError(f"{os.path.basename(script)} child {args} failed:\n"
+                           f"{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def save_json(res, path: str | None) -> None:
+    """Writes ``res`` to ``path`` as indented JSON (nothing when ``path`` is None)."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(res, f, indent=1)

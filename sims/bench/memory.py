@@ -15,14 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import time
 
 import numpy as np
-
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def child_peak(kind: str, n_workers: int, epochs: int) -> dict:
@@ -97,12 +92,9 @@ def child_slope(n_workers: int, epochs: int, warmup: int) -> dict:
 
 
 def _spawn(*args: str) -> dict:
-    env = {**os.environ, "PYTHONPATH": HERE + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", *args],
-                         capture_output=True, text=True, env=env, check=False)
-    if out.returncode != 0:
-        raise RuntimeError(f"memory child {args} failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    import common
+
+    return common.spawn(__file__, *args)
 
 
 def run(quick: bool = False, log=print) -> dict:

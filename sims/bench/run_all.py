@@ -30,8 +30,9 @@ import kernels  # noqa: E402
 import memory  # noqa: E402
 import round_time  # noqa: E402
 import scaling  # noqa: E402
+import streaming  # noqa: E402
 
-PARTS = ["kernels", "round_time", "memory", "scaling"]
+PARTS = ["kernels", "round_time", "memory", "scaling", "streaming"]
 
 
 def output_dir(quick: bool, out: str | None = None) -> str:
@@ -46,6 +47,15 @@ def _ms(s: float) -> str:
     return f"{1e3 * s:.2f}"
 
 
+def _measured(res: dict, part: str) -> list[str]:
+    """A section's own machine line, when that part was run apart (``--only``)."""
+    where = res.get("measured_on", {}).get(part)
+    if not where:
+        return []
+    return [f"Measured on {where['date']} ({where['cpu']}, {where['cores']} cores, jax "
+            f"{where['jax']}, load {where['load_avg_1m']:.1f} at the start).", ""]
+
+
 def markdown(res: dict) -> str:
     """RESULTS.md from the collected results."""
     m = res["machine"]
@@ -58,7 +68,7 @@ def markdown(res: dict) -> str:
         f"1-minute load average at the start: {m['load_avg_1m']:.1f} (the box may be shared "
         "with other jobs: figures are medians, minimums are given, and every ratio is "
         "against a baseline timed in turn with it in the same process).", "",
-        "## Fused protocol kernels", "",
+        "## Fused protocol kernels", "", *_measured(res, "kernels"),
         "Effective GB/s = bytes the kernel must read and write / median time. Baseline: "
         "a jitted `x + y` on float32 vectors moving the same bytes, timed in turn with the "
         "kernel. Unfused = each stage a separate jitted call (ternarize, then pack; "
@@ -75,6 +85,7 @@ def markdown(res: dict) -> str:
             f"{r['unfused_over_fused']:.2f}x |")
     out += ["", "Worker kernels whose Q [N, M] would exceed 1 GiB of host memory are skipped.",
             "", "## Round time: FEDF vmap epoch vs bare vmap FedAvg round", "",
+            *_measured(res, "round_time"),
             "Digits, MLP 64-128-10, 20 samples per worker, 1 local epoch, batch 10. FedAvg "
             "is written in the benchmark without the library. Compile = trace + XLA, apart "
             "from the timed rounds. Recompiles = XLA compilations (jax.monitoring) during the "
@@ -91,7 +102,8 @@ def markdown(res: dict) -> str:
             f"({r['fedf_compile_cpu_s']:.2f}) | {r['fedavg_compile_s']:.2f} "
             f"({r['fedavg_compile_cpu_s']:.2f}) | {r['compiles_after_first_epoch']} |")
     if res["round_time"]["scan"]:
-        out += ["", "Many epochs per call (`make_scan_fn`, K epochs in one `lax.scan`) vs K "
+        out += ["", "Many epochs per call (`harness.scan`, K epochs in one `lax.scan`, as "
+                "`--scan-epochs K` runs them through `harness.compile_runner`) vs K "
                 "calls of the epoch step, each reading its outputs back to the host (as the "
                 "run log does); the scan reads its K stacked outputs once.", "",
                 "| workers | K | loop ms/epoch | scan ms/epoch | scan / loop | scan compile s |",
@@ -101,7 +113,7 @@ def markdown(res: dict) -> str:
                        f"{_ms(r['scan_epoch_median_s'])} | {r['scan_over_loop']:.2f} | "
                        f"{r['scan_compile_s']:.2f} |")
     mem = res["memory"]
-    out += ["", "## Memory", "",
+    out += ["", "## Memory", "", *_measured(res, "memory"),
             "Peak resident set (VmHWM) of a fresh process that builds the data, compiles "
             "and runs 3 epochs; baseline: the bare FedAvg round in a process of its own. "
             "Target: FEDF <= 4 GiB at 10,000 workers.", "",
@@ -117,7 +129,8 @@ def markdown(res: dict) -> str:
             f"MiB per 1,000 epochs**; XLA compilations after the first epoch: "
             f"**{s['compiles_after_first_epoch']}**; {s['wall_s']:.1f} s wall.", ""]
     sc = res["scaling"]
-    out += ["## Scaling", "", f"![scaling]({os.path.basename(sc['plot'])})", "",
+    out += ["## Scaling", "", *_measured(res, "scaling"),
+            f"![scaling]({os.path.basename(sc['plot'])})", "",
             "Memory is XLA's account of the compiled epoch (arguments + outputs + "
             "temporaries). Slopes are log-log fits against N*M over all but the smallest "
             "point of a sweep.", "",
@@ -135,7 +148,38 @@ def markdown(res: dict) -> str:
                    + (f" (bare FedAvg {fedavg:.2f})" if fedavg is not None else "")
                    + f", memory slope {f['memory_slope']:.2f}")
     out.append("")
+    if "streaming" in res:
+        out += ["## Streaming workers (`--worker-chunk`)", "", *_measured(res, "streaming"),
+                *streaming_markdown(res["streaming"])]
     return "\n".join(out)
+
+
+def streaming_markdown(st: dict) -> list[str]:
+    """The streaming section's body: epoch time and peak memory vs N, chunked and whole."""
+    out = [f"FEDF as `fedf simulate` runs it on `--data synthetic`, {st['samples_per_worker']} "
+            f"samples per worker (the data grows with N), `--worker-chunk {st['chunk']}` "
+            "against the unchunked run where it fits. Each row is a fresh child process: "
+            "data, compile and a warm-up epoch, then the timed epochs (read back to the "
+            "host). Data = resident set once the data is placed; peak = VmHWM; peak - data = "
+            "what compiling and running the epoch adds. Goals: time linear in N (log-log "
+            "slope <= 1.05), peak - data flat in N.", "",
+            "| N | K | epoch s (min) | data MiB | peak MiB | peak - data MiB | compile s |",
+            "|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = sorted(st["chunked"] + st["whole"], key=lambda r: (r["N"], r["chunk"] is None))
+    for r in rows + st.get("grouped", []):
+        where = f" in {r['groups']} groups" if r.get("groups", 1) > 1 else ""
+        out.append(f"| {r['N']:,}{where} | {r['chunk'] or 'whole'} | {r['median_s']:.2f} "
+                   f"({r['min_s']:.2f}) | {r['rss_data_mib']:.0f} | {r['peak_rss_mib']:.0f} | "
+                   f"{r['peak_rss_mib'] - r['rss_data_mib']:.0f} | {r['compile_s']:.1f} |")
+    out += ["", "Chunked / whole epoch in one process (both programs on the same data, epochs "
+            "timed in turn):", "", "| N | chunked ms | whole ms | ratio | ratio of mins "
+            "| same final model |", "|---:|---:|---:|---:|---:|---|"]
+    for p in st["pairs"]:
+        out.append(f"| {p['N']:,} | {_ms(p['chunked_median_s'])} | {_ms(p['whole_median_s'])} "
+                   f"| {p['ratio']:.2f} | {p['ratio_of_mins']:.2f} | {p['same_model']} |")
+    out += ["", f"Log-log slope of the chunked epoch time (minimums) against N, N >= 10^4: "
+            f"**{st['time_slope']:.2f}**.", ""]
+    return out
 
 
 def main():
@@ -171,8 +215,11 @@ def main():
                                                scan_k=10, scan_workers=[100, 1000])
         elif part == "memory":
             res["memory"] = memory.run(args.quick)
-        else:
+        elif part == "scaling":
             res["scaling"] = scaling.run(args.quick, os.path.join(args.out, "scaling.png"))
+        else:
+            res["streaming"] = streaming.run(args.quick)
+        res.setdefault("measured_on", {})[part] = common.machine()
     res["wall_s"] = time.perf_counter() - t0
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(res, f, indent=1)

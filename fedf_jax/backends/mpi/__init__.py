@@ -7,8 +7,10 @@ worker rank trains its workers with FEDF's own workers side (one jitted step per
 rank, each worker on its own global PRNG stream), so the MPI and vmap backends
 agree. The master holds no training data, only the test set. The rank loops live
 in ``fedf_jax.train``; this package moves the data: ``link`` (transport under
-deadlines), ``frames`` (the upload), ``resume`` (checkpoints), ``faults`` (test
-faults, passed in as a parameter).
+deadlines), ``wire`` (``--wire aead``: every message sealed per link and direction,
+keys agreed at start-up), ``frames`` (the upload), ``resume`` (checkpoints),
+``faults`` (test faults, passed in as a parameter), ``p2p`` (the asynchronous top's
+point-to-point messages: it takes the group masters as they finish).
 
 One global epoch t moves these messages, all numpy buffers through upper-case
 mpi4py methods (nothing is pickled, nothing unchecked is parsed):

@@ -11,7 +11,7 @@ on without that worker's contribution.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -36,8 +36,9 @@ def commands(n_workers: int, pilot: int) -> np.ndarray:
 
 
 def encode_frames(epoch: int, ids: Sequence[int], cmds: np.ndarray, packed: np.ndarray,
-                  model_of: Callable[[int], Any], n_params: int,
-                  scheme: str) -> tuple[np.ndarray, np.ndarray]:
+                  model_of: Callable[[int], Any], n_params: int, scheme: str,
+                  alloc: Callable[[int], np.ndarray] | None = None, checksum: bool = True
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """A worker rank's upload: its workers' frames back to back, in one buffer.
 
     Args:
@@ -49,6 +50,10 @@ def encode_frames(epoch: int, ids: Sequence[int], cmds: np.ndarray, packed: np.n
         for the worker told SEND_MODEL (no other model leaves the rank).
       n_params: M.
       scheme: the ternary packing.
+      alloc: ``size -> u8[size]``, the buffer to write into (``Link.upload_buffer``:
+        reused across epochs, and where the link seals it from); default a new array.
+      checksum: compute each frame's CRC32 (False: the field is 0; ``Link.checksum``: a
+        sealed link's tag covers the frames).
 
     Returns:
       (buf, lengths): u8[sum(lengths)] and i64[n] (0 for a worker that sends nothing).
@@ -66,17 +71,22 @@ def encode_frames(epoch: int, ids: Sequence[int], cmds: np.ndarray, packed: np.n
             raise ValueError(f"worker {k} got an unknown command byte {int(c)} at epoch {epoch}.")
     lengths = np.array([0 if p is None else codec.HEADER_SIZE + p[2].nbytes for p in parts],
                        np.int64)
-    buf = np.empty(int(lengths.sum()), np.uint8)
+    buf = (alloc or _new)(int(lengths.sum()))
     off = 0
     for k, p, length in zip(ids, parts, lengths, strict=True):
         if p is None:
             continue
         kind, payload_kind, payload = p
-        head = codec.frame_header(kind, epoch, k, payload_kind, n_params, payload)
+        head = codec.frame_header(kind, epoch, k, payload_kind, n_params, payload,
+                                  checksum=checksum)
         buf[off:off + codec.HEADER_SIZE] = np.frombuffer(head, np.uint8)
         buf[off + codec.HEADER_SIZE:off + length] = payload.reshape(-1).view(np.uint8)
         off += int(length)
     return buf, lengths
+
+
+def _new(size: int) -> np.ndarray:
+    return np.empty(size, np.uint8)
 
 
 class Upload(NamedTuple):
@@ -90,7 +100,8 @@ class Upload(NamedTuple):
 
 def decode_frames(buf: np.ndarray, lengths: np.ndarray, pilot: int, epoch: int,
                   n_params: int, scheme: str, packed: np.ndarray,
-                  senders: Sequence[int] | None = None) -> Upload:
+                  senders: Sequence[int] | None = None,
+                  rejected: Mapping[int, str] | None = None, checksum: bool = True) -> Upload:
     """Checks every worker's frame (kind, epoch, sender, count, CRC32, codes).
 
     Args:
@@ -100,6 +111,9 @@ def decode_frames(buf: np.ndarray, lengths: np.ndarray, pilot: int, epoch: int,
       packed: u8[N, packed_size(M)], filled in place (reused across epochs).
       senders: the sender id each frame must carry (default 0..N-1; a group master's
         workers carry their global ids).
+      rejected: worker index -> reason, frames dropped before any check (their sealed
+        upload was rejected: ``Link.rejected``).
+      checksum: check each frame's CRC32 (False: a sealed link's tag covered them).
 
     Returns:
       An Upload; a frame that fails a check is dropped with its reason (``worker``: the
@@ -114,16 +128,12 @@ def decode_frames(buf: np.ndarray, lengths: np.ndarray, pilot: int, epoch: int,
         view = buf[int(ends[k] - lengths[k]):int(ends[k])]
         sender = senders[k]
         try:
+            if rejected and k in rejected:
+                raise codec.FrameError(rejected[k], sender, epoch)
             if k == pilot:
-                q = codec.decode_array(view, expected_kind=codec.Kind.MODEL_UP,
-                                       expected_epoch=epoch, expected_sender=sender,
-                                       expected_count=n_params, copy=False)
-                if q.dtype != np.float32:
-                    q = None
-                    raise codec.FrameError("model payload is not float32", sender, epoch)
+                q = read_frame(view, True, epoch, sender, n_params, scheme, checksum)
             else:
-                packed[k] = codec.decode_packed(view, n_params, scheme, expected_epoch=epoch,
-                                                expected_sender=sender)
+                packed[k] = read_frame(view, False, epoch, sender, n_params, scheme, checksum)
             ok[k] = True
         except codec.FrameError as e:
             packed[k] = 0
@@ -131,6 +141,25 @@ def decode_frames(buf: np.ndarray, lengths: np.ndarray, pilot: int, epoch: int,
             log.warning("epoch %d: dropped the frame of worker %d%s: %s", epoch, sender,
                         " (the pilot; P^t = P^{t-1})" if k == pilot else "", e)
     return Upload(q, packed, ok, dropped)
+
+
+def read_frame(view: np.ndarray, model: bool, epoch: int, sender: int, n_params: int,
+               scheme: str, checksum: bool = True) -> np.ndarray:
+    """Checks one frame: the pilot's model (``model``: f32[M], a view into ``view``) or a
+    packed ternary (u8[packed_size(M)]), of ``epoch`` from ``sender``.
+
+    Raises:
+      codec.FrameError: naming the sender, the epoch and the reason.
+    """
+    if model:
+        q = codec.decode_array(view, expected_kind=codec.Kind.MODEL_UP, expected_epoch=epoch,
+                               expected_sender=sender, expected_count=n_params, copy=False,
+                               checksum=checksum)
+        if q.dtype != np.float32:
+            raise codec.FrameError("model payload is not float32", sender, epoch)
+        return q
+    return codec.decode_packed(view, n_params, scheme, expected_epoch=epoch,
+                               expected_sender=sender, checksum=checksum)
 
 
 def check_lengths(lengths: np.ndarray, starts: np.ndarray, largest: int) -> None:
@@ -147,4 +176,4 @@ def check_lengths(lengths: np.ndarray, starts: np.ndarray, largest: int) -> None
 
 
 __all__ = ["SEND_NOTHING", "commands", "encode_frames", "Upload", "decode_frames",
-           "check_lengths"]
+           "read_frame", "check_lengths"]
