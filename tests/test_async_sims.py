@@ -1,43 +1,25 @@
 """sims/async: time to target, speed-ups and verdicts read off run logs (synthetic
 records), running to a virtual-time budget, and --quick writing only under quick/."""
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import sims_loader
 
 REPO = Path(__file__).resolve().parents[1]
 HERE = REPO / "sims" / "async"
 
 
-def _load(name: str):
-    """A sims/async module; sys.path and the modules it imports from there are put back
-    afterwards."""
-    path_before, modules_before = list(sys.path), set(sys.modules)
-    sys.path.insert(0, str(HERE))
-    spec = importlib.util.spec_from_file_location(f"_async_{name}", HERE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path[:] = path_before
-        for key in set(sys.modules) - modules_before:
-            if str(getattr(sys.modules[key], "__file__", "") or "").startswith(str(HERE)):
-                del sys.modules[key]
-    return module
-
-
 @pytest.fixture(scope="module")
 def run_all():
-    return _load("run_all")
+    return sims_loader.load("async", "run_all")
 
 
 @pytest.fixture(scope="module")
 def budget(run_all):
-    return run_all.budget
+    return run_all.race.budget
 
 
 def records(clock, acc, senders=None, stale=None, **extra):
@@ -233,10 +215,10 @@ def _canned(run_all):
 
     def canned(opts, log=print):
         return {"options": opts, "race": run_all.race.summarize(race_rows),
-                "race_curves": run_all.curves(race_rows, ("setting", "method"),
+                "race_curves": run_all.figures.curves(race_rows, ("setting", "method"),
                                               "test_accuracy"),
                 "svm_optima": svm["optima"], "svm": run_all.svm_race.summarize(svm),
-                "svm_curves": run_all.curves(svm["runs"], ("data", "regime", "layout",
+                "svm_curves": run_all.figures.curves(svm["runs"], ("data", "regime", "layout",
                                                            "variant"), "gap"),
                 "staleness": run_all.staleness.summarize(st), "walls": {}}
 
@@ -245,15 +227,15 @@ def _canned(run_all):
 
 def test_race_verdicts_name_who_is_faster_by_how_much_and_who_never_reached(run_all):
     summary = run_all.race.summarize(_race_rows())
-    text = "\n".join(run_all.race_verdicts(summary))
+    text = "\n".join(run_all.verdicts.race_verdicts(summary))
     assert "Faster than the synchronous run in every seed: FedAsync s=const α=1 (2.00×)" in text
     assert "Never reached within the budget: FedBuff K=2 s=poly" in text
     assert "applies 10 updates of all 3 senders" in text
-    assert "FedBuff K=2 s=poly: — (no speed-up" in run_all.anchor_verdict(summary)
+    assert "FedBuff K=2 s=poly: — (no speed-up" in run_all.verdicts.anchor_verdict(summary)
     fast = [r for r in summary if r["method"] == "FedAsync s=const α=1"][0]
     fast["speedup"]["0.9"].update(ratio=3.5, both=2, low=3.5, high=3.5)
     fast["method"] = "FedBuff K=2 s=const"
-    assert "3.50× (within the range)" in run_all.anchor_verdict(summary)
+    assert "3.50× (within the range)" in run_all.verdicts.anchor_verdict(summary)
 
 
 def test_svm_and_staleness_verdicts_follow_the_numbers(run_all):
@@ -261,17 +243,46 @@ def test_svm_and_staleness_verdicts_follow_the_numbers(run_all):
     row = [r for r in svm if r["variant"] != "sync"][0]
     # gap 10 * 0.5^(i+1): <= 1e-3 first at i = 9; sync at 2.0 s, async at 1.0 s
     assert row["verdict"] == "faster" and row["speedup"]["ratio"] == pytest.approx(2.0)
-    assert "1 of 1 asynchronous runs reach" in run_all.svm_verdicts(svm, {})[0]
+    assert "1 of 1 asynchronous runs reach" in run_all.verdicts.svm_verdicts(svm, {})[0]
     st = run_all.staleness.summarize(_staleness_rows())
-    text = run_all.staleness_verdicts(st)[0]
+    text = run_all.verdicts.staleness_verdicts(st)[0]
     assert "highest at S = 2 (0.9300" in text and "S = 0 4, S = 2 12" in text
     assert "1 of 1 bounds S > 0 are below S = 0" in text  # 0.88 after 4 updates vs 0.90
 
 
+def test_a_difference_counts_beyond_the_noise_and_one_point(run_all):
+    v = run_all.verdicts
+    assert v.differs(0.05, 0.01) and v.differs(-0.05, 0.01)
+    assert not v.differs(0.015, 0.01)  # within NOISE_STDS stds
+    assert not v.differs(0.005, 0.0)  # below NOTABLE
+
+
+def test_issue_checks_are_met_only_when_the_numbers_say_so(run_all):
+    v = run_all.verdicts
+    race_rows, svm = _race_rows(), _svm_result()
+    checks = v.issue_checks(run_all.race.summarize(race_rows), run_all.svm_race.summarize(svm))
+    assert checks[0].startswith("(a) slow-group, accuracy 0.9: met")
+    assert "FedAsync s=const α=1" in checks[0]
+    assert checks[1].startswith("(b) asynchronous ADMM SVM to the relative gap 0.001: met")
+    for r in race_rows:  # the asynchronous run now reaches 0.9 later than the synchronous
+        if r["method"].startswith("FedAsync"):
+            for rec in r["records"]:
+                rec["clock_s"] *= 4
+    for r in svm["runs"]:  # and the asynchronous ADMM never reaches the gap
+        if r["variant"] != "sync":
+            for rec in r["records"]:
+                rec["gap"] = 1e-2
+    checks = v.issue_checks(run_all.race.summarize(race_rows), run_all.svm_race.summarize(svm))
+    assert checks[0].startswith("(a) slow-group, accuracy 0.9: not met")
+    assert checks[1].startswith("(b) asynchronous ADMM SVM to the relative gap 0.001: not met")
+    assert "breast-cancer compute-bound flat: none (closest: A=5 τ=4 prox=0, gap at the " \
+           "budget 1.0e-02 ± 0.0e+00; reached in 0 of 2 seeds)" in checks[1]
+
+
 def test_grid_curve_is_the_step_mean_over_seeds(run_all):
-    c = run_all.grid_curve([records([0.5, 1.0], [0.2, 0.4]),
-                            records([0.25, 1.0], [0.6, 0.8])], "test_accuracy", 1.0)
-    t = run_all.grid_times(c)
+    c = run_all.figures.grid_curve([records([0.5, 1.0], [0.2, 0.4]),
+                                    records([0.25, 1.0], [0.6, 0.8])], "test_accuracy", 1.0)
+    t = run_all.figures.grid_times(c)
     y = np.array([np.nan if v is None else v for v in c["mean"]])
     assert np.isnan(y[t < 0.5]).all()  # the first seed has no model yet
     np.testing.assert_allclose(y[(t >= 0.5) & (t < 1.0)], 0.4)
@@ -292,6 +303,15 @@ def test_quick_writes_only_under_a_git_ignored_quick_folder(run_all, tmp_path, m
     assert all(p.parent == tmp_path / "quick" for p in written)
     report = (tmp_path / "quick" / "RESULTS.md").read_text()
     assert "FedAsync s=const α=1 (2.00×)" in report
+    assert all(c in report for c in run_all.verdicts.CRITERIA)  # the criteria, stated
+    assert "(a) slow-group, accuracy 0.9: met" in report
     (tmp_path / "quick" / "RESULTS.md").unlink()
     assert run_all.main(["--quick", "--from-results"]) == 0
     assert (tmp_path / "quick" / "RESULTS.md").read_text() == report
+
+
+def test_from_results_without_results_is_one_line_and_exit_2(run_all, tmp_path, capsys):
+    assert run_all.main(["--from-results", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(tmp_path / "results.json") in err
+    assert not any(tmp_path.iterdir())  # nothing written

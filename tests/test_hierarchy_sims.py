@@ -1,43 +1,25 @@
 """sims/hierarchy: the analytic optimum G* against brute force, and --quick writing only
 under quick/."""
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import sims_loader
 
 REPO = Path(__file__).resolve().parents[1]
 HERE = REPO / "sims" / "hierarchy"
 M = 9610  # the digits MLP
 
 
-def _load(name: str):
-    """A sims/hierarchy module; sys.path and the modules it imports from there are put
-    back afterwards."""
-    path_before, modules_before = list(sys.path), set(sys.modules)
-    sys.path.insert(0, str(HERE))
-    spec = importlib.util.spec_from_file_location(f"_hierarchy_{name}", HERE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path[:] = path_before
-        for key in set(sys.modules) - modules_before:
-            if str(getattr(sys.modules[key], "__file__", "") or "").startswith(str(HERE)):
-                del sys.modules[key]
-    return module
-
-
 @pytest.fixture(scope="module")
 def run_all():
-    return _load("run_all")
+    return sims_loader.load("hierarchy", "run_all")
 
 
 @pytest.fixture(scope="module")
 def analytic():
-    return _load("analytic")
+    return sims_loader.load("hierarchy", "analytic")
 
 
 @pytest.mark.parametrize("kappa", [1, 2])

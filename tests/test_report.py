@@ -5,7 +5,6 @@ report.md and summary.json.
 """
 
 import argparse
-import importlib.util
 import json
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sims_loader
 from PIL import Image
 
 from analysis import report, runs, tables
@@ -411,27 +411,12 @@ def test_module_command_prints_one_line_error_and_exit_code_2(tmp_path):
     assert proc.stderr.startswith("python -m analysis.report: error:")
 
 
-def _load_script(path: Path):
-    """A sims script as a module; sys.path and the sims modules it imports are put back."""
-    path_before, modules_before = list(sys.path), set(sys.modules)
-    spec = importlib.util.spec_from_file_location(f"_script_{path.parent.name}", path)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path[:] = path_before
-        for name in set(sys.modules) - modules_before:
-            if str(getattr(sys.modules[name], "__file__", "") or "").startswith(str(path.parent)):
-                del sys.modules[name]
-    return module
-
-
 @pytest.mark.parametrize("script", ["paper/make_results.py", "bench/run_all.py",
                                     "privacy/run_all.py"])
 def test_quick_runs_write_to_a_git_ignored_quick_folder(script):
     repo = Path(__file__).resolve().parents[1]
     path = repo / "sims" / script
-    module = _load_script(path)
+    module = sims_loader.load(path.parent.name, path.stem)
     here = path.parent
     assert Path(module.output_dir(False)) == here
     assert Path(module.output_dir(True)) == here / "quick"

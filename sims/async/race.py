@@ -33,6 +33,7 @@ FEDBUFF_K = {"slow-group": 2, "lognormal": 4}
 SHORT = {"constant": "const", "polynomial": "poly", "hinge": "hinge"}
 TARGETS = (0.85, 0.90)  # absolute test accuracies
 RELATIVE = 0.98  # and this fraction of the same algorithm's synchronous final accuracy
+SYNC_EPOCHS = 20  # the budget: synchronous FedAvg's clock after this many epochs
 
 
 def methods(setting: str) -> list[dict]:
@@ -70,7 +71,7 @@ def senders(setting: str) -> int:
     return s["groups"] if s.get("groups", 1) > 1 else s["workers"]
 
 
-def run(settings=tuple(SETTINGS), seeds: int = 3, sync_epochs: int = 30,
+def run(settings=tuple(SETTINGS), seeds: int = 3, sync_epochs: int = SYNC_EPOCHS,
         only: dict[str, list[str]] | None = None, log=print) -> list[dict]:
     """One dict per (setting, method, seed): its kept records and run facts.
 
@@ -195,7 +196,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--setting", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--sync-epochs", type=int, default=30)
+    p.add_argument("--sync-epochs", type=int, default=SYNC_EPOCHS)
     args = p.parse_args(argv)
     summary = summarize(run(tuple(args.setting), args.seeds, args.sync_epochs))
     for s in args.setting:

@@ -27,6 +27,7 @@ SETTING = {"data": "digits", "workers": 12, "groups": 3, "speeds": "1,1,4"}
 BOUNDS = (0, 1, 2, 4, 8, None)  # None: unbounded
 ALGORITHMS = {"FedAsync (FedAvg)": "fedavg", "async FEDF": "fedf"}
 SENDERS = 3
+SYNC_EPOCHS = 20  # the budget: synchronous FedAvg's clock after this many epochs
 
 
 def options(algorithm: str, bound: int | None, seed: int) -> dict:
@@ -41,7 +42,7 @@ def label(bound: int | None) -> str:
     return "∞" if bound is None else str(bound)
 
 
-def run(bounds=BOUNDS, seeds: int = 3, sync_epochs: int = 30,
+def run(bounds=BOUNDS, seeds: int = 3, sync_epochs: int = SYNC_EPOCHS,
         algorithms: tuple[str, ...] = tuple(ALGORITHMS), log=print) -> list[dict]:
     """One dict per (algorithm, S, seed)."""
     rows = []
@@ -115,7 +116,7 @@ def main(argv=None) -> int:
     p.add_argument("--bounds", type=int, nargs="+", default=[b for b in BOUNDS if b is not None])
     p.add_argument("--unbounded", action="store_true", help="add an unbounded run")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--sync-epochs", type=int, default=30)
+    p.add_argument("--sync-epochs", type=int, default=SYNC_EPOCHS)
     args = p.parse_args(argv)
     bounds = (*args.bounds, *((None,) if args.unbounded else ()))
     print(table(summarize(run(bounds, args.seeds, args.sync_epochs))))

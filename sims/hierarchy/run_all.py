@@ -21,9 +21,7 @@ times longer).
 
 from __future__ import annotations
 
-import argparse
 import datetime
-import json
 import math
 import os
 import platform
@@ -37,10 +35,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 import accuracy  # noqa: E402
 import analytic  # noqa: E402
+import run_all_cli  # noqa: E402
 import sweep  # noqa: E402
 
 NAMES = {"fedf": "FEDF", "fedavg": "FedAvg"}
@@ -50,9 +49,7 @@ CACHE = HERE.parents[1] / "runs" / "hierarchy" / "xla-cache"
 def output_dir(quick: bool, out: str | Path | None = None) -> Path:
     """Where RESULTS.md, results.json and the plots go: ``out``, else this folder, or
     its git-ignored ``quick/`` for a quick run."""
-    if out is not None:
-        return Path(out)
-    return HERE / "quick" if quick else HERE
+    return run_all_cli.output_dir(HERE, quick, out)
 
 
 def paths(out: Path) -> dict[str, Path]:
@@ -141,10 +138,7 @@ def plot_sweep(res: dict, path: Path) -> None:
                    f"{links['group_bandwidth'] / 1e6:g} MB/s; "
                    f"c = {1e3 * res['compute']['compute_s']:.2f} ms", fontsize=9)
     ax_t.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    run_all_cli.save_figure(fig, path)
 
 
 def plot_accuracy(summary: list[dict], path: Path) -> None:
@@ -167,10 +161,7 @@ def plot_accuracy(summary: list[dict], path: Path) -> None:
         ax.set_ylabel("final test accuracy")
         ax.grid(True, lw=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    run_all_cli.save_figure(fig, path)
 
 
 # ---------------------------------------------------------------- report
@@ -427,54 +418,16 @@ def markdown(res: dict, mode: str, argv: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(res: dict, out: Path, mode: str, argv: list[str]) -> dict[str, Path]:
-    """results.json, the plots and RESULTS.md."""
-    p = paths(out)
-    out.mkdir(parents=True, exist_ok=True)
-    p["results"].write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")
+def draw(res: dict, p: dict[str, Path]) -> None:
+    """The sweep and accuracy plots of ``res`` to their paths in ``p``."""
     plot_sweep(res, p["sweep_png"])
     plot_accuracy(accuracy.summarize(res["accuracy_runs"]), p["accuracy_png"])
-    p["report"].write_text(markdown(res, mode, argv), encoding="utf-8")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a CI-size check into quick/")
-    parser.add_argument("--out", type=Path, help="output folder (default: this folder; "
-                        "quick/ under it with --quick)")
-    parser.add_argument("--from-results", action="store_true",
-                        help="rebuild RESULTS.md and the plots from OUT/results.json")
-    parser.add_argument("--no-compile-cache", action="store_true",
-                        help="compile every run afresh")
-    args = parser.parse_args(argv)
-    out = output_dir(args.quick, args.out)
-    mode = "quick" if args.quick else "full"
-    if args.from_results:
-        f = paths(out)["results"]
-        if not f.is_file():
-            print(f"run_all: error: {f} does not exist; run without --from-results first.",
-                  file=sys.stderr)
-            return 2
-        res = json.loads(f.read_text(encoding="utf-8"))
-        argv, mode = res.get("argv", []), res.get("mode", mode)
-    else:
-        import jax
-
-        if not args.no_compile_cache:
-            CACHE.mkdir(parents=True, exist_ok=True)
-            jax.config.update("jax_compilation_cache_dir", str(CACHE))
-            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-        t0 = time.perf_counter()
-        res = run(get_config(args.quick),
-                  log=lambda s: print(f"[{time.strftime('%H:%M:%S')}] {s}", flush=True))
-        res["walls"]["total"] = time.perf_counter() - t0
-        res.update(argv=argv, mode=mode, jax=jax.__version__)
-    p = write(res, out, mode, argv)
-    print(f"wrote {p['report']}" + (" — a quick run; the committed sims/hierarchy/RESULTS.md "
-                                     "is unchanged" if args.quick and out != HERE else ""))
-    return 0
+    return run_all_cli.main(argv, doc=__doc__, here=HERE, cache=CACHE, paths=paths,
+                            get_config=get_config, run=run, draw=draw, markdown=markdown,
+                            indent=1)
 
 
 if __name__ == "__main__":
