@@ -86,6 +86,12 @@ class MasterConfig:
                              "the master learns only the sum), paillier (with --groups: the "
                              "groups' sums encrypted to the top, which never holds the key)",
                              choices=SECURE_SUMS)
+    pilot_guard: bool = option(False, "guard the pilot choice (README, 'Guarding the pilot'): "
+                               "the pilot must "
+                               "report a cost and size inside robust bands around the "
+                               "others' (median/MAD), and its step must fit the step the "
+                               "others' ternaries imply, else P^t takes their votes only; "
+                               "off: Eq. (1) as the paper says")
     paillier_bits: int = option(2048, "bits of the Paillier modulus n (--secure-sum paillier)",
                                 number={"low": 512, "integer": True})
 

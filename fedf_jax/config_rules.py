@@ -40,17 +40,37 @@ def check(cfg) -> None:
                          f"admm-svm, not {run.algorithm!r}.")
     if run.key_file is not None and run.wire != "aead":
         raise ValueError(f"`key_file` (={run.key_file!r}) needs `wire='aead'`.")
-    if run.worker_chunk is not None and (run.algorithm not in ("fedf", "fedavg")
-                                         or run.backend != "vmap"
-                                         or cfg.master.secure_sum != "none"):
-        raise ValueError(f"`worker_chunk` (={run.worker_chunk}) streams fedf and fedavg "
-                         "workers on the vmap backend without a secure sum (got "
-                         f"algorithm {run.algorithm!r}, backend {run.backend!r}, "
-                         f"secure_sum {cfg.master.secure_sum!r}); drop --worker-chunk.")
+    if run.worker_chunk is not None:
+        _check_worker_chunk(cfg)
     if data.split == "features" and (run.algorithm != "admm-svm" or run.groups > 1):
         raise ValueError("`split='features'` applies to `algorithm='admm-svm'` with one "
                          f"level (got algorithm {run.algorithm!r}, groups {run.groups}).")
+    if cfg.master.pilot_guard and (run.algorithm != "fedf" or run.worker_chunk is not None
+                                   or run.schedule != "sync"):
+        raise ValueError("`pilot_guard` guards FEDF's synchronous pilot choice, whose bands "
+                         "need every worker's cost before the pilot is chosen (got algorithm "
+                         f"{run.algorithm!r}, worker_chunk {run.worker_chunk}, schedule "
+                         f"{run.schedule!r}); drop --pilot-guard or those flags.")
     schedule.check(cfg)
+
+
+def _check_worker_chunk(cfg) -> None:
+    """``--worker-chunk`` streams fedf and fedavg workers on the vmap backend without a
+    secure sum (under ``--schedule async`` inside groups only: a flat asynchronous
+    sender's model is its own update), and admm-svm's synchronous samples split."""
+    run, secure, sync = cfg.run, cfg.master.secure_sum, cfg.run.schedule == "sync"
+    if run.algorithm == "admm-svm":
+        ok = cfg.data.split == "samples" and sync
+    else:
+        ok = (run.algorithm in ("fedf", "fedavg") and run.backend == "vmap"
+              and secure == "none" and (sync or run.groups > 1))
+    if not ok:
+        raise ValueError(f"`worker_chunk` (={run.worker_chunk}) streams fedf and fedavg "
+                         "workers on the vmap backend without a secure sum (asynchronous: "
+                         "inside groups), and admm-svm's synchronous samples split (got "
+                         f"algorithm {run.algorithm!r}, backend {run.backend!r}, secure_sum "
+                         f"{secure!r}, split {cfg.data.split!r}, schedule {run.schedule!r}, "
+                         f"groups {run.groups}); drop --worker-chunk.")
 
 
 __all__ = ["check"]

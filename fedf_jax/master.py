@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from fedf_jax import guard as pilot_guard
 from fedf_jax import protocol
 from fedf_jax.config import MasterConfig
 
@@ -38,11 +39,40 @@ class Selection(NamedTuple):
     valid: jax.Array  # bool[N] finite cost: its message counts
 
 
-def select(state: MasterState, costs: ArrayLike, sizes: ArrayLike) -> Selection:
-    """Goodness (Eq. 1) and pilot choice (Algorithm 1, lines 3-4)."""
+def guard_of(cfg: MasterConfig | None) -> pilot_guard.GuardConfig | None:
+    """The pilot guard's knobs when ``cfg.pilot_guard`` is on (DESIGN §9), else None."""
+    return pilot_guard.DEFAULT if cfg is not None and cfg.pilot_guard else None
+
+
+def select(state: MasterState, costs: ArrayLike, sizes: ArrayLike,
+           cfg: MasterConfig | None = None) -> Selection:
+    """Goodness (Eq. 1) and pilot choice (Algorithm 1, lines 3-4).
+
+    With ``cfg.pilot_guard`` the pilot is the argmax of the same goodness over the
+    workers whose reported costs and sizes sit inside the guard's robust bands
+    (``guard.admissible``); the goodness itself is Eq. (1)'s either way.
+    """
     costs = jnp.asarray(costs, jnp.float32)
     g = protocol.goodness(costs, state.prev_costs, sizes, state.epoch)
-    return Selection(g, protocol.select_pilot(g), jnp.isfinite(costs))
+    guard = guard_of(cfg)
+    if guard is None:
+        pilot = protocol.select_pilot(g)
+    else:
+        pilot = pilot_guard.select(g, pilot_guard.admissible(costs, state.prev_costs, sizes,
+                                                             state.epoch, guard))
+    return Selection(g, pilot, jnp.isfinite(costs))
+
+
+def pilot_passes(state: MasterState, sel: Selection, q_pilot: ArrayLike, packed: ArrayLike,
+                 betas: ArrayLike, cfg: MasterConfig) -> jax.Array:
+    """bool[]: whether the pilot's model passes the guard's step check (DESIGN §9:
+    ``guard.step_ok`` against the steps the others' ternaries imply); always True
+    without ``cfg.pilot_guard``."""
+    guard = guard_of(cfg)
+    if guard is None:
+        return jnp.bool_(True)
+    return pilot_guard.step_ok_packed(q_pilot, state.p_prev, state.p_prev2, packed, sel.pilot,
+                                      sel.valid, betas, state.epoch, guard, cfg.scheme)
 
 
 def update(state: MasterState, sel: Selection, costs: ArrayLike, q_pilot: ArrayLike,
@@ -51,7 +81,9 @@ def update(state: MasterState, sel: Selection, costs: ArrayLike, q_pilot: ArrayL
     """Eq. (3) from the pilot's model and the packed ternaries (Algorithm 1, lines 5-8).
 
     Ternaries of workers with a non-finite cost are dropped. With no usable pilot
-    the global model stays P^{t-1} (the epoch still advances).
+    the global model stays P^{t-1} (the epoch still advances). With
+    ``cfg.pilot_guard``, a pilot's model that fails :func:`pilot_passes` is replaced
+    by P^{t-1}: P^t = P^{t-1} + d s sum_{k != k*} w_k T_k, the others' votes only.
 
     Args:
       state: the master before epoch t.
@@ -65,6 +97,9 @@ def update(state: MasterState, sel: Selection, costs: ArrayLike, q_pilot: ArrayL
     Returns:
       The master before epoch t + 1.
     """
+    if cfg.pilot_guard:
+        q_pilot = pilot_guard.pilot_model(
+            q_pilot, state.p_prev, pilot_passes(state, sel, q_pilot, packed, betas, cfg))
     p_new = protocol.unpack_update(
         q_pilot, packed, sizes, sel.pilot, state.p_prev, state.p_prev2, cfg.alpha0, betas,
         state.epoch, direction=cfg.direction, scheme=cfg.scheme, mask=sel.valid)
@@ -99,5 +134,5 @@ def apply_lanes(state: MasterState, sel: Selection, costs: ArrayLike, q_pilot: A
     return _advance(state, sel, costs, p_new)
 
 
-__all__ = ["MasterConfig", "MasterState", "Selection", "init", "select", "update",
-           "apply_total", "apply_lanes"]
+__all__ = ["MasterConfig", "MasterState", "Selection", "init", "guard_of", "select",
+           "pilot_passes", "update", "apply_total", "apply_lanes"]

@@ -11,7 +11,8 @@ master holds only the test set. The top (or flat) master runs the harness's one
 epoch loop (``harness.drive``), which writes the same run log as ``fedf simulate``,
 with checkpoints and ``--resume``. ``--schedule async`` (with ``--groups``): the top
 master takes the group masters as they finish (``ranks.asynchronous``), one update of
-the top per run-log line, without checkpoints.
+the top per run-log line, without checkpoints. ``--secure-sum secagg`` (flat, synchronous):
+the master gets the workers' vote sum through secure aggregation (``ranks.secure``).
 
 Faults. Any exception on any rank prints ``fedf: error: rank R ...`` and calls
 ``MPI.COMM_WORLD.Abort``, which ends the whole job (no hang); every wait has a
@@ -55,6 +56,7 @@ from fedf_jax.config import RunConfig
 from fedf_jax.ranks import admm as admm_ranks
 from fedf_jax.ranks import asynchronous as async_ranks
 from fedf_jax.ranks import fedf as ranks
+from fedf_jax.ranks import secure as secure_ranks
 
 
 def check(cfg: RunConfig, n_ranks: int, resumable: bool = False) -> None:
@@ -72,10 +74,15 @@ def check(cfg: RunConfig, n_ranks: int, resumable: bool = False) -> None:
         if resumable:
             raise ValueError("`fedf train --schedule async` keeps no checkpoints; drop "
                              "--checkpoint-every and --resume.")
-    if cfg.master.secure_sum != "none":
-        raise ValueError(f"`secure_sum` (={cfg.master.secure_sum!r}) runs in `fedf simulate`; "
-                         "`fedf train` sends every message in the clear (use --wire aead for "
-                         "the wire).")
+    flat = run.groups == 1 and run.group_epochs == 1
+    if cfg.master.secure_sum != "none" and not (
+            cfg.master.secure_sum == "secagg" and run.algorithm == "fedf" and flat
+            and run.schedule == "sync"):
+        raise ValueError(f"`fedf train --secure-sum {cfg.master.secure_sum}` is not run under "
+                         "mpiexec for this run: `fedf train` runs secagg for flat, synchronous "
+                         f"fedf (got algorithm {run.algorithm!r}, groups {run.groups}, "
+                         f"group_epochs {run.group_epochs}, schedule {run.schedule!r}); run "
+                         "the others with `fedf simulate`.")
     if run.algorithm not in ("fedf", "admm-svm") or run.scan_epochs > 1:
         raise ValueError("`fedf train` runs fedf or admm-svm epoch by epoch; the baselines "
                          "and --scan-epochs are for `fedf simulate`.")
@@ -136,12 +143,7 @@ def _top(cfg: RunConfig, link: Link, faults: Sequence[Fault], out: Path,
     host = harness.load(cfg)
     m = host.model.num_params
     state = master.init(host.p0, link.layout.n_workers)
-    infos = link.gather_json(None)
-    for r, info in enumerate(infos, 1):
-        if info["ids"] != list(link.layout.ids[r]):
-            raise RuntimeError(f"rank {r} holds workers {info['ids']}, expected "
-                               f"{list(link.layout.ids[r])}.")
-    sizes = np.concatenate([np.asarray(i["sizes"], np.float64) for i in infos])
+    infos, sizes = ranks.gather_holdings(link)
     betas = cfg.master.betas(cfg.n_workers)
     members = cfg.group_workers()
     if grouped:
@@ -196,9 +198,10 @@ def _top(cfg: RunConfig, link: Link, faults: Sequence[Fault], out: Path,
         return state, [out]
 
     def record(out, wall_s):
-        return {**record_base(out, wall_s),
-                **{k: out[k] for k in ("dropped_frames", "mpi_bytes", "mpi_bytes_detail",
-                                       "bytes_aead")}}
+        rec = {**record_base(out, wall_s),
+               **{k: out[k] for k in ("dropped_frames", "mpi_bytes", "mpi_bytes_detail",
+                                      "bytes_aead")}}
+        return secure_ranks.measured(rec, out) if "secagg_bytes" in out else rec
 
     def after(state, rec):
         t = rec["epoch"]

@@ -44,6 +44,16 @@ def train(out: Path, *flags: str, ranks: int = 3, fault: str | None = None,
                           timeout=timeout)
 
 
+def module_job(tmp_path_factory, name: str, *flags: str, **kw) -> Path:
+    """A module fixture's ``fedf train`` job in a fresh folder ``name`` (skips the
+    module's MPI tests when there is no mpiexec); returns the folder."""
+    if MPIEXEC is None:
+        pytest.skip("no mpiexec")
+    out = tmp_path_factory.mktemp(name)
+    ok(train(out, *flags, **kw))
+    return out
+
+
 def ok(proc: subprocess.CompletedProcess) -> None:
     assert proc.returncode == 0, f"rc {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
 

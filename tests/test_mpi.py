@@ -22,7 +22,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from mpi_jobs import MPIEXEC, config_of, env, needs_mpiexec, ok, strip, train
+from mpi_jobs import MPIEXEC, config_of, env, module_job, needs_mpiexec, ok, strip, train
 
 mpi4py = pytest.importorskip("mpi4py")
 mpi4py.rc.initialize = False  # the in-process tests need no MPI; the jobs use mpiexec
@@ -245,8 +245,8 @@ def test_eq3_replay_is_bit_identical_across_vmap_sharded_and_mpi(scheme):
                               np.concatenate([u[1] for u in ups]), pilot, 2, model.num_params,
                               scheme, np.zeros_like(packed))
     finish = jax.jit(functools.partial(ranks_lib._finish_fn, model, cfg, len(y_test)))
-    new, loss, _, _ = finish(ms, sel, costs, up.q_pilot, up.packed, up.ok, np.bool_(True),
-                             sizes.astype(np.float32), betas, x_test, y_test)
+    new, (loss, _), _, _ = finish(ms, sel, costs, up.q_pilot, up.packed, up.ok, np.bool_(True),
+                                  sizes.astype(np.float32), betas, x_test, y_test)
     mpi_run = (np.asarray(new.p_prev), float(loss), pilot)
     assert vmap[2] == shard[2] == mpi_run[2]
     np.testing.assert_array_equal(vmap[0], shard[0])
@@ -287,10 +287,7 @@ def _agree_one_epoch(out: Path, sim):
 @pytest.fixture(scope="module")
 def run_a(tmp_path_factory):
     """4 workers on 2 worker ranks, 4 epochs, 2bit, and the simulator on the same run."""
-    if MPIEXEC is None:
-        pytest.skip("no mpiexec")
-    out = tmp_path_factory.mktemp("mpi_a")
-    ok(train(out, *FLAGS_A))
+    out = module_job(tmp_path_factory, "mpi_a", *FLAGS_A)
     sim = simulation.run(config_of(*FLAGS_A))
     header, epochs = runlog.read(out / "run.jsonl")
     return {"out": out, "header": header, "epochs": epochs, "sim": sim,

@@ -14,7 +14,7 @@ import types
 
 import numpy as np
 import pytest
-from mpi_jobs import MPIEXEC, env, needs_mpiexec, ok, strip, train
+from mpi_jobs import MPIEXEC, env, module_job, needs_mpiexec, ok, strip, train
 
 mpi4py = pytest.importorskip("mpi4py")
 mpi4py.rc.initialize = False  # the in-process tests need no MPI; the jobs use mpiexec
@@ -202,10 +202,7 @@ def _epochs(out):
 @pytest.fixture(scope="module")
 def crc_run(tmp_path_factory):
     """The CRC run the sealed runs are compared with."""
-    if MPIEXEC is None:
-        pytest.skip("no mpiexec")
-    out = tmp_path_factory.mktemp("crc")
-    ok(train(out, *FLAGS))
+    out = module_job(tmp_path_factory, "crc", *FLAGS)
     return _epochs(out), np.load(out / "final_model.npy")
 
 

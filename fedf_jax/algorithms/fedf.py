@@ -94,19 +94,33 @@ def combine(lay: layout.Layout, cfg: MasterConfig, state: State, data: layout.Da
 
     costs, packed, nonzero = gather("costs"), gather("packed"), gather("nonzero")
     ms = state.master
-    sel = master.select(ms, costs, data.sizes)
+    sel = master.select(ms, costs, data.sizes, cfg)
     q_pilot = layout.row_of(lay, [o.q for o in outs], jnp.maximum(sel.pilot, 0))
+    guarded = {}
     if secure is None:
         new_master = master.update(ms, sel, costs, q_pilot, packed, data.sizes, data.betas,
                                    cfg)
+        if cfg.pilot_guard:
+            guarded = guard_outputs(ms, sel, q_pilot, packed, data.betas, cfg)
     else:  # each worker's share of the vote sum, summed by the secure layer
         rows, c = protocol.integer_votes(packed, ms.p_prev.shape[-1], data.sizes, sel.pilot,
                                          cfg.alpha0, data.betas, ms.epoch, cfg.scheme,
                                          sel.valid, secure.frac_bits)
         new_master = master.apply_total(ms, sel, costs, q_pilot,
                                         secure.total(rows, ms.epoch), c, cfg)
-    return State(new_master, tuple(o.opt_state for o in outs)), _outputs(ms, sel, costs,
-                                                                          nonzero)
+        if cfg.pilot_guard:  # the master sees no single ternary: the bands only
+            guarded = {"paper_pilot": protocol.select_pilot(sel.goodness)}
+    return (State(new_master, tuple(o.opt_state for o in outs)),
+            {**_outputs(ms, sel, costs, nonzero), **guarded})
+
+
+def guard_outputs(ms: master.MasterState, sel: master.Selection, q_pilot, packed, betas,
+                  cfg: MasterConfig) -> dict:
+    """What the pilot guard did this epoch (``--pilot-guard``): Eq. (1)'s own pilot
+    beside the guarded one, and whether the pilot's step was refused."""
+    return {"paper_pilot": protocol.select_pilot(sel.goodness),
+            "step_refused": (sel.pilot >= 0)
+            & ~master.pilot_passes(ms, sel, q_pilot, packed, betas, cfg)}
 
 
 def _outputs(ms: master.MasterState, sel: master.Selection, costs, nonzero) -> dict:
@@ -300,7 +314,7 @@ def level(cfg: RunConfig, model: Model, lay: layout.Layout, betas_g: np.ndarray,
     def top_step(top: master.MasterState, q, costs, sizes, x_test, y_test):
         betas = jnp.asarray(betas_g, jnp.float32)
         packed, nonzero = vote(top, q)
-        sel = master.select(top, costs, sizes)
+        sel = master.select(top, costs, sizes, cfg.master)
         q_pilot = q[jnp.maximum(sel.pilot, 0)]
         if top_secure is None:
             new, loss, acc = conclude(model, lay.test_chunk, cfg.master, top, sel, costs,
@@ -347,6 +361,8 @@ def make_record(cfg: RunConfig, sizes, n_params: int) -> Callable[[dict, float],
                            goodness=out["goodness"], nonzero_fraction=nz, dropped=dropped)
         if secure:  # every worker's masked vote (zeros too) replaces the ternaries
             rec = account(rec, [(n, n_params)], (n - 1) * (pilot >= 0))
+        if "paper_pilot" in out:
+            rec = guard_record(rec, out)
         if dropped:
             log.warning("epoch %d: workers %s reported a non-finite cost; their ternaries "
                         "were dropped%s", rec["epoch"], dropped,
@@ -354,6 +370,24 @@ def make_record(cfg: RunConfig, sizes, n_params: int) -> Callable[[dict, float],
         return rec
 
     return record
+
+
+def guard_record(rec: dict[str, Any], out: dict[str, Any]) -> dict[str, Any]:
+    """Adds the pilot guard's decisions to an epoch's run-log line (``paper_pilot``,
+    ``step_refused``, absent under a secure sum: no single ternary to check against) and
+    says on stderr when the guard overruled Eq. (1)."""
+    paper = int(out["paper_pilot"])
+    refused = bool(out["step_refused"]) if "step_refused" in out else None
+    if paper != rec["pilot"]:
+        log.warning("epoch %d: pilot guard: worker %d (Eq. 1's choice) reported a cost or "
+                    "size outside the others' bands; pilot %d instead", rec["epoch"], paper,
+                    rec["pilot"])
+    if refused:
+        log.warning("epoch %d: pilot guard: pilot %d's step is far beyond the step the "
+                    "others' ternaries imply; P^t takes their votes only", rec["epoch"],
+                    rec["pilot"])
+    return {**rec, "paper_pilot": paper,
+            **({} if refused is None else {"step_refused": refused})}
 
 
 def init(lay: layout.Layout, data: layout.Data, p0: jax.Array,
@@ -379,5 +413,6 @@ def make(cfg: RunConfig, host: Host, placement: Placement) -> Algorithm:
 
 
 __all__ = ["State", "CohortOut", "Running", "cohort_side", "workers_side", "conclude",
-           "beats", "fold_chunk", "streamed_side", "add_test_metrics", "master_side",
-           "epoch", "group_epoch", "level", "make_record", "init", "make"]
+           "guard_outputs", "guard_record", "beats", "fold_chunk", "streamed_side",
+           "add_test_metrics", "master_side", "epoch", "group_epoch", "level", "make_record",
+           "init", "make"]

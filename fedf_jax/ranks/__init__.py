@@ -14,6 +14,9 @@ S_g, C_g and the model or the ternary of Q_g (``algorithms.fedf.level``).
 - ``asynchronous``: ``--schedule async`` in groups: the top master applying the group
   masters' contributions as they arrive (``backends.mpi.p2p``), a group master's loop of
   jobs until stopped, its worker ranks'.
+- ``secure``: ``--secure-sum secagg`` in a flat run: every worker a secure-aggregation
+  client on its worker rank, the master the server relaying their messages; Eq. (3) from
+  the sum.
 - ``admm``: the ADMM SVM's master and worker ranks (consensus, samples split): the
   four phases of ``admm.consensus_step`` with the sums over ranks in float64.
 """

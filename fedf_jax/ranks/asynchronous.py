@@ -49,7 +49,7 @@ from fedf_jax.backends.mpi import frames, p2p
 from fedf_jax.backends.mpi.faults import Fault, strikes
 from fedf_jax.backends.mpi.link import Link
 from fedf_jax.config import RunConfig
-from fedf_jax.ranks.fedf import GroupMaster, WorkerRank, hang
+from fedf_jax.ranks.fedf import GroupMaster, WorkerRank, gather_holdings, hang
 
 log = logging.getLogger(__name__)
 
@@ -346,12 +346,7 @@ def run_top(cfg: RunConfig, link: Link, out: Path, header_extra: Callable[[list]
     """Rank 0: the asynchronous top over the group masters; the run's summary."""
     host = harness.load(cfg)
     m, groups = host.model.num_params, cfg.group_workers()
-    infos = link.gather_json(None)
-    for r, info in enumerate(infos, 1):
-        if info["ids"] != list(link.layout.ids[r]):
-            raise RuntimeError(f"rank {r} holds groups {info['ids']}, expected "
-                               f"{list(link.layout.ids[r])}.")
-    sizes = np.concatenate([np.asarray(i["sizes"], np.float64) for i in infos])
+    infos, sizes = gather_holdings(link, "groups")
     betas_w = cfg.master.betas(cfg.n_workers)
     betas = np.array([betas_w[list(g)].mean() for g in groups], np.float32)
     compiler = harness.Compiler()

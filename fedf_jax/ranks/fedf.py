@@ -18,6 +18,7 @@ from fedf_jax.backends.mpi import frames, resume
 from fedf_jax.backends.mpi.faults import Fault, strikes
 from fedf_jax.backends.mpi.link import Link
 from fedf_jax.config import MasterConfig, RunConfig
+from fedf_jax.ranks import secure
 
 
 def _finish_fn(model, cfg: MasterConfig, test_chunk: int, state, sel, costs, q_pilot,
@@ -30,11 +31,14 @@ def _finish_fn(model, cfg: MasterConfig, test_chunk: int, state, sel, costs, q_p
     """
     sel = sel._replace(valid=sel.valid & frame_ok, pilot=jnp.where(pilot_ok, sel.pilot, -1))
     nonzero = codec.count_nonzero_jnp(packed, cfg.scheme)
+    guarded = (fedf.guard_outputs(state, sel, q_pilot, packed, betas, cfg) if cfg.pilot_guard
+               else {})
     if x_test is None:
-        return master.update(state, sel, costs, q_pilot, packed, sizes, betas, cfg), nonzero
-    new, loss, acc = fedf.conclude(model, test_chunk, cfg, state, sel, costs, q_pilot, packed,
-                                   sizes, betas, x_test, y_test)
-    return new, loss, acc, nonzero
+        new, metrics = master.update(state, sel, costs, q_pilot, packed, sizes, betas, cfg), ()
+    else:
+        new, *metrics = fedf.conclude(model, test_chunk, cfg, state, sel, costs, q_pilot,
+                                      packed, sizes, betas, x_test, y_test)
+    return new, tuple(metrics), nonzero, guarded
 
 
 class Master:
@@ -59,13 +63,20 @@ class Master:
         self.packed = np.zeros((n, codec.packed_size(n_params, cfg.scheme)), np.uint8)
         self.q_none = np.zeros(n_params, np.float32)
         costs0 = np.zeros(n, np.float32)
-        self.select = compiler(jax.jit(master.select), state, costs0, self.sizes, donated=())
+        self.select = compiler(jax.jit(functools.partial(master.select, cfg=cfg)), state,
+                               costs0, self.sizes, donated=())
         sel0 = self.select(state, costs0, self.sizes)
-        test_chunk = min(layout.EVAL_CHUNK, max(len(y_test), 1)) if y_test is not None else 1
-        self.finish = compiler(
-            jax.jit(functools.partial(_finish_fn, model, cfg, test_chunk)), state, sel0, costs0,
-            self.q_none, self.packed, np.ones(n, bool), np.bool_(True), self.sizes, self.betas,
-            x_test, y_test, donated=())
+        # --secure-sum secagg: the others' votes summed by ``secure``, Eq. (3) there
+        self.secure = (secure.Server(link, cfg, n_params, self.sizes, self.betas, state, sel0,
+                                     compiler, model, x_test, y_test)
+                       if cfg.secure_sum == "secagg" else None)
+        if self.secure is None:
+            test_chunk = (min(layout.EVAL_CHUNK, max(len(y_test), 1)) if y_test is not None
+                          else 1)
+            self.finish = compiler(
+                jax.jit(functools.partial(_finish_fn, model, cfg, test_chunk)), state, sel0,
+                costs0, self.q_none, self.packed, np.ones(n, bool), np.bool_(True), self.sizes,
+                self.betas, x_test, y_test, donated=())
 
     def epoch(self, state: master.MasterState) -> tuple[master.MasterState, dict[str, Any]]:
         """Model down, costs up, pilot, commands, frames, Eq. (3); host outputs."""
@@ -75,15 +86,20 @@ class Master:
         pilot = int(sel.pilot)
         lengths = link.commands_down_lengths_up(frames.commands(self.n, pilot))
         frames.check_lengths(lengths, link.layout.starts, codec.HEADER_SIZE + 4 * m)
-        up = frames.decode_frames(link.frames_up(lengths), lengths, pilot, t, m, self.cfg.scheme,
-                                  self.packed, self.senders, link.rejected, link.checksum)
-        pilot_ok = pilot >= 0 and up.q_pilot is not None
-        done = self.finish(state, sel, costs, up.q_pilot if pilot_ok else self.q_none,
-                           up.packed, up.ok, np.bool_(pilot_ok), self.sizes, self.betas,
-                           *self.test)
-        state, metrics = done[0], done[1:-1]
+        if self.secure is not None:  # the pilot's frame; the others vote through secagg
+            up, done = self.secure.epoch(state, sel, costs, link.frames_up(lengths), lengths,
+                                         pilot)
+        else:
+            up = frames.decode_frames(link.frames_up(lengths), lengths, pilot, t, m,
+                                      self.cfg.scheme, self.packed, self.senders,
+                                      link.rejected, link.checksum)
+            pilot_ok = pilot >= 0 and up.q_pilot is not None
+            done = self.finish(state, sel, costs, up.q_pilot if pilot_ok else self.q_none,
+                               up.packed, up.ok, np.bool_(pilot_ok), self.sizes, self.betas,
+                               *self.test)
+        state, metrics, nonzero, extra = done
         out = jax.device_get({"costs": costs, "goodness": sel.goodness, "valid": sel.valid,
-                              "nonzero": done[-1]})
+                              "nonzero": nonzero, **extra})
         if metrics:
             out.update(test_loss=float(metrics[0]), test_accuracy=float(metrics[1]))
         return state, {**out, "epoch": t, "pilot": pilot, "frame_ok": up.ok,
@@ -125,6 +141,7 @@ class WorkerRank:
                          x_test=ds.x_test[:1], y_test=ds.y_test[:1], train_key=host.train_key,
                          ids=ids, augment=cfg.data.augment, placement=placement)
         model, p0 = host.model, host.p0
+        all_sizes = [len(p) for p in host.parts]
         del host, ds  # only this rank's workers' samples stay (on the device)
         self.cfg, self.link, self.ids, self.faults = cfg, link, list(ids), tuple(faults)
         self.world_rank, self.data, self.m = world_rank, w.data, model.num_params
@@ -141,6 +158,8 @@ class WorkerRank:
             np.asarray(q[0])
         self.where = {k: (c, r) for c, co in enumerate(w.layout.cohorts)
                       for r, k in enumerate(co.rows)}
+        self.secure = (secure.Clients(link, cfg, ids, all_sizes, self.m)
+                       if cfg.master.secure_sum == "secagg" else None)
 
         link.gather_json({"rank": world_rank, "host": _host(), "ids": list(ids),
                           "sizes": w.sizes.tolist(), "devices": list(placement.devices)})
@@ -176,15 +195,18 @@ class WorkerRank:
             p, p if self.p_last is None else self.p_last, np.int32(t), self.opt_states,
             self.data)
         link.send_costs(np.asarray(costs, np.float64))
-        where = self.where
+        where, cmds = self.where, link.recv_commands()
         buf, lengths = frames.encode_frames(
-            t, ids, link.recv_commands(), np.asarray(packed),
+            t, ids, cmds if self.secure is None else self.secure.frame_commands(cmds),
+            np.asarray(packed),
             lambda i, qs=qs: qs[where[i][0]][where[i][1]], m, self.cfg.master.scheme,
             alloc=link.upload_buffer, checksum=link.checksum)
         for i, k in enumerate(ids):
             if strikes(faults, "corrupt", k, t) and lengths[i]:
                 buf[int(lengths[:i].sum()) + codec.HEADER_SIZE] ^= 0xFF  # first payload byte
         link.send_frames(buf, lengths)
+        if self.secure is not None:  # the others' votes through secure aggregation
+            self.secure.vote(t, cmds, np.asarray(packed), np.asarray(costs))
         self.p_last = p
 
     def save(self, unit: int) -> None:
@@ -196,6 +218,17 @@ class WorkerRank:
         self.link.epoch = unit
         self.link.send_ack()
         resume.prune(self.out, self.world_rank)
+
+
+def gather_holdings(link: Link, noun: str = "workers") -> tuple[list[dict], np.ndarray]:
+    """Rank 0: every rank's start-up description, checked against the layout (each rank
+    holds the ``noun`` it should), and f64[N] the sizes of all it holds, in order."""
+    infos = link.gather_json(None)
+    for r, info in enumerate(infos, 1):
+        if info["ids"] != list(link.layout.ids[r]):
+            raise RuntimeError(f"rank {r} holds {noun} {info['ids']}, expected "
+                               f"{list(link.layout.ids[r])}.")
+    return infos, np.concatenate([np.asarray(i["sizes"], np.float64) for i in infos])
 
 
 def hang() -> None:
@@ -354,4 +387,5 @@ def _host() -> str:
     return platform.node()
 
 
-__all__ = ["Master", "WorkerRank", "run_workers", "GroupMaster", "run_group_master", "hang"]
+__all__ = ["Master", "WorkerRank", "run_workers", "GroupMaster", "run_group_master",
+           "gather_holdings", "hang"]

@@ -63,6 +63,9 @@ _PLAIN = struct.Struct("<II33s33s")  # u, v, share of s_u^SK, share of b_u: 74 b
 _ROUTED = 4 + _PLAIN.size + 16  # addressee (or sender) id + AES-GCM ciphertext and tag: 94
 _UNMASK = struct.Struct("<I33s")  # owner id, share: 37 bytes
 _IDS = np.dtype("<u4")
+# Bytes of one client's record in a message: its key advertisement (round 0), one routed
+# share (round 1), one unmasking share (round 4).
+ADVERT_SIZE, SHARE_SIZE, UNMASK_SIZE = _KEYS.size, _ROUTED, _UNMASK.size
 
 
 class SecAggError(ValueError):

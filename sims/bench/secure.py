@@ -13,11 +13,17 @@
   shown apart. Then bytes on the wire, and the sum of 10 vectors decrypted.
 - AEAD: GB/s of seal and open on 40 MB frames for AES-256-GCM and ChaCha20-Poly1305,
   fresh output and reused buffers, against a plain copy of the same bytes.
+- FEDF epoch (``fedf simulate``'s jitted step: digits, the MLP, M = 9,610) with
+  ``--secure-sum secagg`` against ``none`` at N = 10 and 100 workers: the two steps
+  timed in turn (interleaved repetitions, after a warm-up epoch each), and the secagg
+  round alone on the same rows' shape (``sums.integer_sum``, every party in this one
+  process: N clients' masking and key sharing, the server's unmasking).
 
 All ratios are against baselines timed in the same process.
 
     python sims/bench/secure.py            # the sizes above
     python sims/bench/secure.py --quick    # M = 10^5, 4 MB frames, a smaller phe subset
+    python sims/bench/secure.py --only fedf-epoch   # the FEDF epoch figures only
 """
 
 from __future__ import annotations
@@ -34,9 +40,11 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
+import jax  # noqa: E402
 
-from fedf_jax import codec  # noqa: E402
-from fedf_jax.secure import aead, paillier, secagg  # noqa: E402
+from fedf_jax import codec, config, harness, layout  # noqa: E402
+from fedf_jax.algorithms import fedf  # noqa: E402
+from fedf_jax.secure import aead, paillier, secagg, sums  # noqa: E402
 
 log = print
 
@@ -213,22 +221,62 @@ def bench_aead(quick: bool) -> dict:
     return res
 
 
-def run(quick: bool) -> dict:
+def bench_fedf_epoch(quick: bool, workers=(10, 100)) -> dict:
+    """FEDF's simulated epoch with --secure-sum secagg against none, per N."""
+    reps = {10: 3, 100: 2} if quick else {10: 7, 100: 4}
+    out = {}
+    log("FEDF epoch (fedf simulate, digits, MLP), --secure-sum secagg vs none, timed in turn:")
+    for n in workers:
+        steps = {}
+        for mode in ("none", "secagg"):
+            cfg = config.make(workers=n, epochs=1, seed=0, secure_sum=mode)
+            host = harness.load(cfg)
+            alg = fedf.make(cfg, host, layout.HERE)
+            step = jax.jit(alg.step, donate_argnums=0)
+            (state, _), _ = common.timed(step, alg.init(), alg.data)  # compile, warm up
+            steps[mode] = [step, state, alg.data, []]
+        m = host.model.num_params
+        for _ in range(reps.get(n, 3)):
+            for mode in ("none", "secagg"):
+                step, state, data, ts = steps[mode]
+                (steps[mode][1], _), dt = common.timed(step, state, data)
+                ts.append(dt)
+        rows = np.random.default_rng(0).integers(-20, 21, (n, m)).astype(np.int32)
+        round_ts = [_clock(sums.integer_sum, rows, b"bench", b"round %d" % i)[1]
+                    for i in range(2)]
+        plain, secure = (statistics.median(steps[k][3]) for k in ("none", "secagg"))
+        out[n] = {"M": m, "none_s": _median_min(steps["none"][3]),
+                  "secagg_s": _median_min(steps["secagg"][3]), "ratio": secure / plain,
+                  "ratio_of_mins": min(steps["secagg"][3]) / min(steps["none"][3]),
+                  "secagg_round_s": _median_min(round_ts), "reps": reps.get(n, 3)}
+        log(f"  N={n:4d} M={m:,}: none {1e3 * plain:.1f} ms, secagg {1e3 * secure:.1f} ms "
+            f"(median of {reps.get(n, 3)}) = {secure / plain:.1f}x (ratio of mins "
+            f"{out[n]['ratio_of_mins']:.1f}x); the secagg round alone "
+            f"{1e3 * statistics.median(round_ts):.0f} ms")
+    return out
+
+
+PARTS = {"secagg": bench_secagg, "paillier": bench_paillier, "aead": bench_aead,
+         "fedf-epoch": bench_fedf_epoch}
+
+
+def run(quick: bool, only: str | None = None) -> dict:
     res = {"machine": common.machine(), "quick": quick}
     log(f"machine: {res['machine']['cpu']}, {res['machine']['cores']} cores, load "
         f"{res['machine']['load_avg_1m']:.1f}")
-    res["secagg"] = bench_secagg(quick)
-    res["paillier"] = bench_paillier(quick)
-    res["aead"] = bench_aead(quick)
+    for name, bench in PARTS.items():
+        if only in (None, name):
+            res[name.replace("-", "_")] = bench(quick)
     return res
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", choices=sorted(PARTS), help="one measurement only")
     parser.add_argument("--json")
     args = parser.parse_args()
-    res = run(args.quick)
+    res = run(args.quick, args.only)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)

@@ -20,9 +20,7 @@ message ends the job.
 from __future__ import annotations
 
 import json
-import sys
 import time
-import traceback
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -30,11 +28,15 @@ import numpy as np
 from mpi4py import MPI
 
 from fedf_jax import codec
+from fedf_jax.backends.mpi.abort import (
+    DEFAULT_TIMEOUT,
+    SETUP_TIMEOUT,
+    fatal,
+    install_excepthook,
+    who,
+)
 from fedf_jax.backends.mpi.wire import ENVELOPE, MODEL_EXTRA, Message, Wire
 
-DEFAULT_TIMEOUT = 300.0
-SETUP_TIMEOUT = 600.0  # start-up (data loading, compiling) waits at least this long
-ABORT_GRACE = 0.5  # seconds between the last line written and MPI_Abort
 _TAG_COST, _TAG_LENGTHS, _TAG_ACK, _TAG_SETUP, _TAG_REPORT, _TAG_SUM = 11, 12, 13, 14, 15, 16
 _TAG_MODEL, _TAG_COMMANDS, _TAG_SHARE = 17, 18, 19  # sealed, point to point (aead)
 
@@ -78,24 +80,6 @@ def split_workers(n_workers: int, n_ranks: int) -> RankLayout:
                          f"ranks (={n_ranks - 1}); every rank but the master holds a worker.")
     blocks = np.array_split(np.arange(n_workers), n_ranks - 1)
     return RankLayout(((),) + tuple(tuple(int(k) for k in b) for b in blocks))
-
-
-def _who(ranks: Sequence[int]) -> str:
-    return f"rank {ranks[0]}" if len(ranks) == 1 else "ranks " + ", ".join(map(str, ranks))
-
-
-def _abort(code: int) -> None:
-    """Ends the whole MPI job, after giving mpiexec time to forward what this rank wrote
-    (Abort kills every process at once: a line still on its way would be lost)."""
-    time.sleep(ABORT_GRACE)
-    MPI.COMM_WORLD.Abort(code)
-
-
-def fatal(message: str, code: int) -> None:
-    """Prints one line to stderr and ends the whole MPI job."""
-    sys.stderr.write(message.rstrip("\n") + "\n")
-    sys.stderr.flush()
-    _abort(code)
 
 
 class Link:
@@ -153,9 +137,9 @@ class Link:
 
     def silent(self, pending: Sequence[int | None], stage: str, limit: float) -> None:
         ranks = sorted({self.world[p] for p in pending if p is not None})
-        who = _who(ranks) if ranks else "a worker rank"
+        names = who(ranks) if ranks else "a worker rank"
         seen = "" if self.world[self.rank] == 0 else f" (noticed by rank {self.world[self.rank]})"
-        fatal(f"fedf: error: {who} sent nothing for {limit:g} s at epoch {self.epoch} "
+        fatal(f"fedf: error: {names} sent nothing for {limit:g} s at epoch {self.epoch} "
                f"({stage}); aborting{seen}", 2)
 
     def _rank_slice(self, r: int) -> slice:
@@ -291,7 +275,7 @@ class Link:
                        for r in peers], peers, "checkpoint")
         bad = [r for r in self._workers_ranks() if acks[r] != self.epoch]
         if bad:
-            raise RuntimeError(f"{_who([self.world[r] for r in bad])} acknowledged a "
+            raise RuntimeError(f"{who([self.world[r] for r in bad])} acknowledged a "
                                f"checkpoint of another epoch ({acks[bad].tolist()}, expected "
                                f"{self.epoch}).")
 
@@ -447,20 +431,6 @@ class Link:
             data = np.empty(int(size[0]), np.uint8)
         self.wait([self.comm.Ibcast([data, MPI.BYTE], root=0)], peers, "start-up", limit)
         return json.loads(data.tobytes())
-
-
-def install_excepthook() -> None:
-    """Makes an uncaught exception on any rank end the whole job (as ``python -m
-    mpi4py`` does): print the rank and the error, then ``Abort(1)``."""
-    rank = MPI.COMM_WORLD.Get_rank()
-
-    def hook(kind, value, tb):
-        sys.stderr.write(f"fedf: error: rank {rank}: uncaught {kind.__name__}: {value}\n")
-        traceback.print_exception(kind, value, tb, file=sys.stderr)
-        sys.stderr.flush()
-        _abort(130 if issubclass(kind, KeyboardInterrupt) else 1)
-
-    sys.excepthook = hook
 
 
 __all__ = ["DEFAULT_TIMEOUT", "SETUP_TIMEOUT", "RankLayout", "split_workers", "Link", "fatal",

@@ -4,7 +4,8 @@ With ``--wire aead`` every message of an epoch that crosses a link is sealed per
 and per direction (``secure.aead.Channel``, AES-256-GCM): the costs, the commands, the
 frame lengths, each worker rank's upload (its frames back to back, sealed once), the
 group masters' reports, the ADMM control, z and sums, the checkpoint acknowledgements,
-and the asynchronous top's messages (``p2p``), each point to point. A sealed message is
+the secure-aggregation round's messages (``ranks.secure``) and the asynchronous top's
+messages (``p2p``), each point to point. A sealed message is
 an *envelope* (a 36-byte header in the codec frame layout: magic, version, message
 kind, payload u8, epoch, the sender's job rank, byte count; its CRC field is 0, the tag
 replaces it) then the message's bytes, sealed into ``aead.OVERHEAD`` more bytes (prefix and tag):
@@ -51,7 +52,7 @@ import os
 import secrets
 import struct
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
@@ -61,11 +62,25 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from mpi4py import MPI
 
 from fedf_jax import codec
+from fedf_jax.backends.mpi.abort import SETUP_TIMEOUT, fatal
 from fedf_jax.backends.mpi.faults import Fault, strikes
 from fedf_jax.secure import aead
 
-if TYPE_CHECKING:
-    from fedf_jax.backends.mpi.link import Link
+
+class Link(Protocol):
+    """What sealing needs of a rank's end of the exchange (``link.Link`` is one)."""
+
+    comm: MPI.Comm
+    rank: int
+    world: Sequence[int]
+    epoch: int
+
+    def wait(self, reqs: list[MPI.Request], peers: Sequence[int | None], stage: str,
+             limit: float | None = None) -> None: ...
+
+    def gather_json(self, obj: Any) -> list[Any] | None: ...
+
+    def bcast_json(self, obj: Any) -> Any: ...
 
 WIRES = ("crc", "aead")
 _HEADER = struct.Struct("<4sBBBBIIQQI")  # the codec frame header's layout
@@ -91,6 +106,7 @@ class Message(enum.IntEnum):
     SUM = 21  # an ADMM sum up
     HELLO = 22  # the key confirmation
     JOB = 23  # an asynchronous group's job control (``p2p``), top -> group master
+    SECAGG = 24  # a secure-aggregation message (``ranks.secure``), either way
 
 
 def u8(arr) -> np.ndarray:
@@ -321,7 +337,6 @@ def establish(link: Link, key_file: str | os.PathLike | None = None, *,
     Ends the job with one line (``fatal``, code 2) naming the ranks whose key file cannot
     be read or whose link key does not match rank 0's.
     """
-    from fedf_jax.backends.mpi.link import SETUP_TIMEOUT, fatal
 
     secret, problem = read_key_file(key_file) if key_file is not None else (None, None)
     mine = X25519PrivateKey.generate()
