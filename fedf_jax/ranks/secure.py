@@ -13,7 +13,6 @@ DESIGN §5's messages 1-6 (model down, costs up, commands down, frame lengths up
 
 - frames up: the pilot's model frame only. A worker told ``SEND_TERNARY`` sends no frame
   (its length is 0; any other frame ends the job) and votes through the round instead.
-- non-zero counts up (i64 per worker, for the run log's ``ternary_nonzero_fraction``).
 - round 0 (``secagg_keys``): each rank's clients' advertisements up (68 bytes each), the
   key list down to every rank (68 N bytes).
 - round 1 (``secagg_shares``): the encrypted shares up (94 (N - 1) bytes per client),
@@ -28,7 +27,9 @@ Every message is a numpy byte buffer, point to point under the link's deadline (
 rank is named), sealed with ``--wire aead`` (``Message.SECAGG``). The run log's
 ``bytes_secagg_*`` fields are the server's count of the round's messages (sent and
 received, per client; ``secagg.Server.round_bytes``), ``mpi_bytes_detail`` what MPI moved
-under the stage names above (a key list or survivor list goes once to each rank).
+under the stage names above (a key list or survivor list goes once to each rank). The
+master learns no per-worker count of non-zero trits either, so the run log's
+``ternary_nonzero_fraction`` is null under MPI secagg.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from fedf_jax.backends.mpi.wire import Message
 from fedf_jax.config import MasterConfig, RunConfig
 from fedf_jax.secure import secagg
 
-_TAG_COUNTS, _TAG_ADVERT, _TAG_KEYS, _TAG_SHARES, _TAG_ROUTED = 41, 42, 43, 44, 45
+_TAG_ADVERT, _TAG_KEYS, _TAG_SHARES, _TAG_ROUTED = 42, 43, 44, 45
 _TAG_MASKED, _TAG_SURVIVORS, _TAG_UNMASK = 46, 47, 48
 
 
@@ -163,13 +164,13 @@ class Server:
 
     def epoch(self, state, sel, costs, buf: np.ndarray, lengths: np.ndarray, pilot: int
               ) -> tuple[frames.Upload, tuple]:
-        """The pilot's frame from the gathered upload, the non-zero counts, the round, and
-        Eq. (3). Returns the upload's reading and ``(state, metrics, nonzero, extra)``
-        (``extra``: host outputs for the run log, ``secagg_bytes`` among them)."""
-        link, t = self.link, self.link.epoch
+        """The pilot's frame from the gathered upload, the round, and Eq. (3). Returns the
+        upload's reading and ``(state, metrics, nonzero, extra)`` (``nonzero``: NaN, the
+        master sees no single ternary; ``extra``: host outputs for the run log,
+        ``secagg_bytes`` among them)."""
+        t = self.link.epoch
         up = self.pilot_frame(buf, lengths, pilot, t)
-        nonzero = _gather(link, 8, _TAG_COUNTS, "nonzero_counts")
-        nonzero = np.concatenate([nonzero[r].view(np.int64) for r in sorted(nonzero)])
+        nonzero = np.full(self.n, np.nan)
         total, self.moved = self.round(t)
         pilot_ok = pilot >= 0 and up.q_pilot is not None
         state, metrics, guarded = self.finish(
@@ -292,15 +293,13 @@ class Clients:
 
     def vote(self, epoch: int, cmds: np.ndarray, packed: np.ndarray, costs: np.ndarray
              ) -> None:
-        """The rank's workers' non-zero counts, then their side of the epoch's round: a
-        worker told ``SEND_TERNARY`` whose cost is finite submits its row of
-        ``integer_votes``, the others (the pilot among them) zeros."""
+        """The rank's workers' side of the epoch's round: a worker told ``SEND_TERNARY``
+        whose cost is finite submits its row of ``integer_votes``, the others (the pilot
+        among them) zeros."""
         link, n, m = self.link, self.n, self.m
         keep = (cmds == codec.Command.SEND_TERNARY) & np.isfinite(costs)
-        rows, nonzero = self.votes(self.sizes, self.betas, packed, keep, np.int32(epoch))
+        rows, _ = self.votes(self.sizes, self.betas, packed, keep, np.int32(epoch))
         rows = np.asarray(rows).view(np.uint32)
-        _send(link, np.asarray(nonzero, np.int64).view(np.uint8), _TAG_COUNTS,
-              "non-zero counts")
         clients = [secagg.Client(k, n, threshold(n), m, np.uint32, context=context(epoch))
                    for k in self.ids]
         _send(link, b"".join(c.advertise() for c in clients), _TAG_ADVERT,
