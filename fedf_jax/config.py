@@ -223,7 +223,9 @@ class RunSettings:
                               "fewer host round trips)", metavar="E", number=COUNT)
     worker_chunk: int | None = option(None, "train the workers K at a time inside the jitted "
                                       "epoch (memory O(K M), the same pilots and model; "
-                                      "default all at once)", metavar="K", number=COUNT)
+                                      "fedf, fedavg, admm-svm --split samples; with "
+                                      "--groups G, K // G per group; default all at once)",
+                                      metavar="K", number=COUNT)
     groups: int = option(1, "two levels: the workers in G groups (contiguous blocks), each "
                          "with a group master under one top master", number=COUNT)
     group_epochs: int = option(1, "two levels: inner epochs of each group per outer epoch",

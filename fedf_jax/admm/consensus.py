@@ -195,10 +195,22 @@ def master_close(stats: ArrayLike, z: ArrayLike, z_prev: ArrayLike, rho: ArrayLi
     return new_rho, scale, info
 
 
-@functools.partial(jax.jit, static_argnames=("sweeps", "aggregate"))
+def each_worker(fn, rows: tuple, chunk: int | None = None):
+    """``fn(*row)`` for every worker's row of ``rows`` (arrays with the workers on their
+    leading axis): one vmap, or ``chunk`` workers at a time (``--worker-chunk``: a
+    ``lax.map`` over batches, so that only ``chunk`` workers' temporaries, such as the
+    x-update's K S p rows ``y a``, are alive at once; the same values to float32
+    rounding)."""
+    if chunk is None:
+        return jax.vmap(fn)(*rows)
+    return jax.lax.map(lambda r: fn(*r), rows, batch_size=chunk)
+
+
+@functools.partial(jax.jit, static_argnames=("sweeps", "aggregate", "chunk"))
 def consensus_step(state: ConsensusState, data: ConsensusData, hyper: Hyper,
                    gamma: ArrayLike = 1.0, center: ArrayLike = 0.0, *, sweeps: int = 1,
-                   aggregate: Aggregate = masked_sum) -> tuple[ConsensusState, StepInfo]:
+                   aggregate: Aggregate = masked_sum, chunk: int | None = None
+                   ) -> tuple[ConsensusState, StepInfo]:
     """One consensus iteration, all workers and classes: the four phases, (3.5)-(3.7),
     (3.12), (3.13).
 
@@ -207,17 +219,20 @@ def consensus_step(state: ConsensusState, data: ConsensusData, hyper: Hyper,
         f32[K, p]. The defaults are the SVM regularizer.
       sweeps: coordinate-descent sweeps per x-update (static).
       aggregate: the sum over workers (static): :func:`masked_sum` or a secure one.
+      chunk: the workers' phases ``chunk`` workers at a time (static; :func:`each_worker`).
     """
     k = state.z.shape[0]
     gamma = jnp.broadcast_to(jnp.asarray(gamma, _f32), (k,))
     center = jnp.broadcast_to(jnp.asarray(center, _f32), state.z.shape)
     n = jnp.sum(data.workers)
-    x, alpha = jax.vmap(functools.partial(worker_x, sweeps=sweeps),
-                        (0, 0, 0, None, 0, 0, None, None))(
-        data.A, data.y, data.mask, state.z, state.u, state.alpha, state.rho, hyper.C)
+    x, alpha = each_worker(
+        lambda A, y, mask, u, alpha: worker_x(A, y, mask, state.z, u, alpha, state.rho,
+                                              hyper.C, sweeps),
+        (data.A, data.y, data.mask, state.u, state.alpha), chunk)
     z = master_z(aggregate(x + state.u, data.workers), n, state.rho, gamma, center)
-    u, stats = jax.vmap(worker_dual, (0, 0, 0, 0, 0, None, None, 0))(
-        data.A, data.y, data.mask, x, state.u, z, hyper.C, data.workers)
+    u, stats = each_worker(
+        lambda A, y, mask, x, u, real: worker_dual(A, y, mask, x, u, z, hyper.C, real),
+        (data.A, data.y, data.mask, x, state.u, data.workers), chunk)
     rho, scale, info = master_close(aggregate(stats, data.workers), z, state.z, state.rho, n,
                                     hyper)
     return ConsensusState(z, u * scale[:, None], alpha, rho), info
@@ -247,14 +262,15 @@ def hier_init(data: ConsensusData, rho: float = 3.0, rho_top: float = 10.0) -> H
 
 def group_inner(groups: ConsensusState, data: ConsensusData, hyper: Hyper, rho_top: ArrayLike,
                 center: ArrayLike, *, kappa: int, sweeps: int = 1,
-                aggregate: Aggregate = masked_sum) -> ConsensusState:
+                aggregate: Aggregate = masked_sum, chunk: int | None = None
+                ) -> ConsensusState:
     """``kappa`` consensus iterations of ONE group, warm-started, toward
     ``z_g = argmin sum_{i in g} f_i(z_g) + (rho_top/2) ||z_g - center||^2``, the x-update
     (3.5) of the top level's consensus (center = z - u_g). State and data: one group's."""
 
     def inner(_, s):
         return consensus_step(s, data, hyper, rho_top, center, sweeps=sweeps,
-                              aggregate=aggregate)[0]
+                              aggregate=aggregate, chunk=chunk)[0]
 
     return jax.lax.fori_loop(0, kappa, inner, groups)
 
@@ -294,14 +310,16 @@ def top_update(state: HierState, groups: ConsensusState, data: ConsensusData, hy
     return HierState(groups, z, u * scale[:, None], rho), info
 
 
-@functools.partial(jax.jit, static_argnames=("kappa", "sweeps", "aggregate"))
+@functools.partial(jax.jit, static_argnames=("kappa", "sweeps", "aggregate", "chunk"))
 def hier_step(state: HierState, data: ConsensusData, hyper: Hyper, top: Hyper | None = None,
-              *, kappa: int, sweeps: int = 1, aggregate: Aggregate = masked_sum
-              ) -> tuple[HierState, StepInfo]:
+              *, kappa: int, sweeps: int = 1, aggregate: Aggregate = masked_sum,
+              chunk: int | None = None) -> tuple[HierState, StepInfo]:
     """One outer iteration: :func:`group_inner` vmapped over the groups (each toward the
-    centre z - u_g), then :func:`top_update` with ``top`` (default: ``hyper``; C is always
-    ``hyper.C``). Residual balancing of rho_top can hurt: its x-updates are inexact."""
-    inner = functools.partial(group_inner, kappa=kappa, sweeps=sweeps, aggregate=aggregate)
+    centre z - u_g; ``chunk``: each group's workers that many at a time), then
+    :func:`top_update` with ``top`` (default: ``hyper``; C is always ``hyper.C``).
+    Residual balancing of rho_top can hurt: its x-updates are inexact."""
+    inner = functools.partial(group_inner, kappa=kappa, sweeps=sweeps, aggregate=aggregate,
+                              chunk=chunk)
     groups = jax.vmap(inner, (0, 0, None, None, 0))(state.groups, data, hyper, state.rho,
                                                     state.z[None] - state.u)
     top = hyper if top is None else top._replace(C=hyper.C)
@@ -310,5 +328,6 @@ def hier_step(state: HierState, data: ConsensusData, hyper: Hyper, top: Hyper | 
 
 __all__ = ["ConsensusData", "ConsensusState", "consensus_init", "x_update", "z_update",
            "u_update", "consensus_worker_stats", "consensus_residuals", "worker_x", "master_z",
-           "worker_dual", "prox_z", "consensus_top", "master_close", "consensus_step", "HierState",
-           "hier_init", "group_inner", "top_update", "hier_step"]
+           "worker_dual", "prox_z", "consensus_top", "master_close", "each_worker",
+           "consensus_step", "HierState", "hier_init", "group_inner", "top_update",
+           "hier_step"]

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedf_jax import admm, admm_data, codec, svm, timing
+from fedf_jax.algorithms import hierarchy
 from fedf_jax.algorithms import secure as secure_sums
 from fedf_jax.algorithms.common import epoch_record
 from fedf_jax.config import RunConfig
@@ -71,20 +72,22 @@ def worker_costs(data: admm.ConsensusData, z: jax.Array, C) -> jax.Array:
 
 
 def step(split: str, grouped: bool, kappa: int, keep: np.ndarray | None, hyper: admm.Hyper,
-         top: admm.Hyper, aggregate: admm.Aggregate, state: State, data: tuple
-         ) -> tuple[State, dict]:
+         top: admm.Hyper, aggregate: admm.Aggregate, state: State, data: tuple,
+         chunk: int | None = None) -> tuple[State, dict]:
     """One ADMM iteration (outer, with groups), then the test metrics of W; pure (but for
-    the host callback of a secure ``aggregate``)."""
+    the host callback of a secure ``aggregate``). ``chunk`` (samples split): the workers'
+    phases that many workers at a time (``admm.each_worker``)."""
     train, test = data
     if split == "features":
         new, info = admm.sharing_step(state.admm, train, hyper, aggregate=aggregate)
         costs = jnp.full((train.A.shape[0],), jnp.nan)
     elif grouped:
         new, info = admm.hier_step(state.admm, train, hyper, top, kappa=kappa,
-                                   aggregate=aggregate)
+                                   aggregate=aggregate, chunk=chunk)
         costs = worker_costs(train, new.z, hyper.C).reshape(-1)
     else:
-        new, info = admm.consensus_step(state.admm, train, hyper, aggregate=aggregate)
+        new, info = admm.consensus_step(state.admm, train, hyper, aggregate=aggregate,
+                                        chunk=chunk)
         costs = worker_costs(train, new.z, hyper.C)
     return State(new, state.epoch + 1), outputs(keep, test, state.epoch, new, info, costs)
 
@@ -261,8 +264,9 @@ def make(cfg: RunConfig, host: Host, placement: Placement) -> Algorithm:
                          (group_bytes, top_bytes) if grouped else None,
                          secagg if secure else None)
     aggregate = secure_sums.aggregate(cfg.run.seed) if secure else admm.masked_sum
+    # --worker-chunk K: K workers at a time, K // G in each of the G groups (vmapped)
     fn = functools.partial(step, st.split, grouped, kappa, st.keep, st.hyper, st.top,
-                           aggregate)
+                           aggregate, chunk=hierarchy.group_chunk(cfg))
     return Algorithm(st.init, fn, (st.train, st.test), record,
                      lambda s: weights_of(st.keep, s.admm).reshape(-1),
                      list(placement.devices), k * p)

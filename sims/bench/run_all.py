@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -163,12 +164,18 @@ def streaming_markdown(st: dict) -> list[str]:
             "host). Data = resident set once the data is placed; peak = VmHWM; peak - data = "
             "what compiling and running the epoch adds. Goals: time linear in N (log-log "
             "slope <= 1.05), peak - data flat in N.", "",
-            "| N | K | epoch s (min) | data MiB | peak MiB | peak - data MiB | compile s |",
-            "|---:|---:|---:|---:|---:|---:|---:|"]
+            "K' = rows trained at once (`stream.plan`'s chunk; with G groups, G times each "
+            "group's chunk of at most K // G rows): peak - data follows K', not N.", "",
+            "| N | K | K' | epoch s (min) | data MiB | peak MiB | peak - data MiB | compile s |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     rows = sorted(st["chunked"] + st["whole"], key=lambda r: (r["N"], r["chunk"] is None))
     for r in rows + st.get("grouped", []):
-        where = f" in {r['groups']} groups" if r.get("groups", 1) > 1 else ""
-        out.append(f"| {r['N']:,}{where} | {r['chunk'] or 'whole'} | {r['median_s']:.2f} "
+        g = r.get("groups", 1)
+        where = f" in {g} groups" if g > 1 else ""
+        n, k = r["N"] // g, (r["chunk"] or r["N"]) // g
+        rows_at_once = g * -(-n // -(-n // k))
+        out.append(f"| {r['N']:,}{where} | {r['chunk'] or 'whole'} | {rows_at_once:,} | "
+                   f"{r['median_s']:.2f} "
                    f"({r['min_s']:.2f}) | {r['rss_data_mib']:.0f} | {r['peak_rss_mib']:.0f} | "
                    f"{r['peak_rss_mib'] - r['rss_data_mib']:.0f} | {r['compile_s']:.1f} |")
     out += ["", "Chunked / whole epoch in one process (both programs on the same data, epochs "
@@ -178,7 +185,24 @@ def streaming_markdown(st: dict) -> list[str]:
         out.append(f"| {p['N']:,} | {_ms(p['chunked_median_s'])} | {_ms(p['whole_median_s'])} "
                    f"| {p['ratio']:.2f} | {p['ratio_of_mins']:.2f} | {p['same_model']} |")
     out += ["", f"Log-log slope of the chunked epoch time (minimums) against N, N >= 10^4: "
-            f"**{st['time_slope']:.2f}**.", ""]
+            f"**{st['time_slope']:.2f}** (goal <= 1.05).", ""]
+    for g in st.get("grouped", []):
+        v = g.get("versus_flat")
+        if v:
+            out += [f"{g['groups']} groups / flat at {v['N']:,} workers, both with "
+                    f"`--worker-chunk {v['chunk']}`, epochs timed in turn in one process: "
+                    f"{v['ratio']:.2f} (of minimums {v['ratio_of_mins']:.2f}; flat "
+                    f"{v['flat_median_s']:.2f} s, grouped {v['grouped_median_s']:.2f} s).", ""]
+    sc = st.get("scale")
+    if sc:
+        out += [f"Done-when check: the {sc['big']:,}-worker epoch against "
+                f"{sc['big'] // sc['small']} x the {sc['small']:,}-worker epoch (both "
+                f"`--worker-chunk {sc['chunk']}`, 20 samples per worker), timed in turn in one "
+                f"process: **{sc['ratio']:.2f}** (of minimums {sc['ratio_of_mins']:.2f}; "
+                f"round by round {', '.join(f'{r:.2f}' for r in sc['per_round'])}; goal "
+                f"<= 1.15): a log-log slope of "
+                f"{1 + math.log(sc['ratio']) / math.log(sc['big'] / sc['small']):.2f} from "
+                f"{sc['small']:,} to {sc['big']:,} workers.", ""]
     return out
 
 

@@ -3,14 +3,17 @@
 FEDF as ``fedf simulate`` runs it (MLP 64-128-10, one local epoch of SGD, batch 10)
 on ``--data synthetic`` with 20 samples per worker, so the data grows with N. Each
 point runs in a fresh child process: ``harness.load`` (data, partition, model),
-``algorithms.make`` (layout, data placed), ``harness.compile_runner`` (compile and
-one warm-up epoch), then E timed epochs, each read back to the host as the run log
+``algorithms.make`` (layout, data placed), ``harness.compile_runner`` (compile), one
+warm-up epoch, then E timed epochs, each read back to the host as the run log
 does. Reported: median and minimum epoch seconds; the peak resident set (VmHWM) of
 the child; its resident set once the data is placed ("data"), and the peak above
 that (what compiling and running the epoch adds: it should not grow with N).
 
 Two levels at scale: 100,000 workers in 100 groups (``--groups 100``), each group
 streaming ``K // 100`` workers at a time while the groups are vmapped.
+
+The issue's done-when check: 100,000 workers' epoch against 4x the 25,000 workers'
+(goal <= 1.15), both programs built in one child and their epochs timed in turn.
 
 Baseline, where it fits (N <= 10^4): the same run without chunks. Memory: its own
 child. Time: one more child that builds both programs on the same data and times
@@ -73,6 +76,7 @@ def child_peak(n: int, chunk: int, epochs: int, groups: int = 1) -> dict:
     rss_data = common.rss_mib()
     state = alg.init()
     runner = harness.compile_runner(alg, state, epochs)
+    state, _ = _epoch(alg, runner, state)  # warm-up: first-run allocations
     times = []
     for _ in range(epochs):
         state, dt = _epoch(alg, runner, state)
@@ -84,29 +88,70 @@ def child_peak(n: int, chunk: int, epochs: int, groups: int = 1) -> dict:
             "data_mib": (host.dataset.x_train.nbytes + host.dataset.y_train.nbytes) / 2**20}
 
 
-def child_pair(n: int, chunk: int, epochs: int) -> dict:
-    """Chunked and whole epochs on the same data, timed in turn (one process)."""
+def _in_turn(built: list, epochs: int) -> tuple[list, list[list[float]]]:
+    """A warm-up epoch of each built run, then ``epochs`` rounds in which each runs one
+    epoch in turn. Returns (final states, epoch seconds per run)."""
+    states = [b[1] for b in built]
+    times = [[] for _ in built]
+    for rep in range(epochs + 1):
+        for i, (alg, _, runner) in enumerate(built):
+            states[i], dt = _epoch(alg, runner, states[i])
+            if rep:  # the first round warms up
+                times[i].append(dt)
+    return states, times
+
+
+def _versus(times: list[list[float]], scale: float = 1.0) -> dict:
+    """The second run's epoch against ``scale`` times the first's: medians, minimums,
+    their ratios and the ratio round by round."""
     import common
 
+    a, b = common.stats(times[0]), common.stats(times[1])
+    return {"a_median_s": a["median_s"], "a_min_s": a["min_s"], "b_median_s": b["median_s"],
+            "b_min_s": b["min_s"], "ratio": b["median_s"] / (scale * a["median_s"]),
+            "ratio_of_mins": b["min_s"] / (scale * a["min_s"]),
+            "per_round": [tb / (scale * ta) for ta, tb in zip(*times, strict=True)]}
+
+
+def child_pair(n: int, chunk: int, epochs: int, groups: int = 1) -> dict:
+    """On the same data, timed in turn in this process: whole and chunked epochs (``groups``
+    1), or the flat chunked epoch and the two-level one streaming inside the groups."""
     from fedf_jax import harness
 
-    cfg = _config(n, None, epochs)
+    cfg = _config(n, None if groups == 1 else chunk, epochs)
     host = harness.load(cfg)
-    whole = _built(cfg, host)
-    chunked = _built(cfg.replace(worker_chunk=chunk), host)
-    states = [whole[1], chunked[1]]
-    times = [[], []]
-    for _ in range(epochs):
-        for i, (alg, _, runner) in enumerate((whole, chunked)):
-            states[i], dt = _epoch(alg, runner, states[i])
-            times[i].append(dt)
-    same = bool(np.array_equal(np.asarray(whole[0].params(states[0])),
-                               np.asarray(chunked[0].params(states[1]))))
-    w, c = common.stats(times[0]), common.stats(times[1])
-    return {"N": n, "chunk": chunk, "whole_median_s": w["median_s"], "whole_min_s": w["min_s"],
-            "chunked_median_s": c["median_s"], "chunked_min_s": c["min_s"],
-            "ratio": c["median_s"] / w["median_s"], "ratio_of_mins": c["min_s"] / w["min_s"],
-            "same_model": same}
+    first = _built(cfg, host)
+    second = _built(cfg.replace(worker_chunk=chunk, groups=groups), host)
+    states, times = _in_turn([first, second], epochs)
+    same = bool(np.array_equal(np.asarray(first[0].params(states[0])),
+                               np.asarray(second[0].params(states[1]))))
+    v = _versus(times)
+    if groups > 1:
+        return {"N": n, "chunk": chunk, "groups": groups, "flat_median_s": v["a_median_s"],
+                "flat_min_s": v["a_min_s"], "grouped_median_s": v["b_median_s"],
+                "grouped_min_s": v["b_min_s"], "ratio": v["ratio"],
+                "ratio_of_mins": v["ratio_of_mins"]}
+    return {"N": n, "chunk": chunk, "whole_median_s": v["a_median_s"],
+            "whole_min_s": v["a_min_s"], "chunked_median_s": v["b_median_s"],
+            "chunked_min_s": v["b_min_s"], "ratio": v["ratio"],
+            "ratio_of_mins": v["ratio_of_mins"], "same_model": same}
+
+
+def child_scale(small: int, big: int, chunk: int, epochs: int) -> dict:
+    """The done-when check of the issue: the epoch at ``big`` workers against
+    ``big / small`` times the epoch at ``small`` workers (both chunked, the same samples
+    per worker), both programs in this process, timed in turn."""
+    from fedf_jax import harness
+
+    built = []
+    for n in (small, big):
+        cfg = _config(n, chunk, epochs)
+        built.append(_built(cfg, harness.load(cfg)))
+    v = _versus(_in_turn(built, epochs)[1], big / small)
+    return {"small": small, "big": big, "chunk": chunk, "small_median_s": v["a_median_s"],
+            "small_min_s": v["a_min_s"], "big_median_s": v["b_median_s"],
+            "big_min_s": v["b_min_s"], "ratio": v["ratio"],
+            "ratio_of_mins": v["ratio_of_mins"], "per_round": v["per_round"]}
 
 
 def slope(rows: list[dict], low: int = 10_000) -> float:
@@ -149,13 +194,20 @@ def run(quick: bool = False, million: bool = False, log=print) -> dict:
                 flush=True)
     s = slope(chunked)
     log(f"log-log slope of the chunked epoch time vs N (N >= 10^4): {s:.2f} (goal <= 1.05)")
-    grouped = []
+    grouped, scale = [], None
     if not quick:  # two levels at scale: 100 groups, each streaming K // 100 at a time
         grouped.append(common.spawn(__file__, "peak", "100000", str(CHUNK), str(epochs),
                                     str(GROUPS)))
         log(_row(grouped[-1]) + f"   ({GROUPS} groups)", flush=True)
+        gp = common.spawn(__file__, "pair", "100000", str(CHUNK), str(epochs), str(GROUPS))
+        grouped[-1]["versus_flat"] = gp
+        log(f"  in one process: {GROUPS} groups / flat, both chunked: {gp['ratio']:.2f} (of "
+            f"minimums {gp['ratio_of_mins']:.2f})", flush=True)
+        scale = common.spawn(__file__, "scale", "25000", "100000", str(CHUNK), "4")
+        log(f"100,000 / (4 x 25,000) workers' epoch in one process: {scale['ratio']:.2f} "
+            f"(of minimums {scale['ratio_of_mins']:.2f}; goal <= 1.15)", flush=True)
     return {"chunk": CHUNK, "samples_per_worker": SAMPLES, "chunked": chunked, "whole": whole,
-            "pairs": pairs, "time_slope": s, "grouped": grouped}
+            "pairs": pairs, "time_slope": s, "grouped": grouped, "scale": scale}
 
 
 def main():
@@ -167,7 +219,7 @@ def main():
     args = parser.parse_args()
     if args.child:
         what, *nums = args.child
-        fn = child_peak if what == "peak" else child_pair
+        fn = {"peak": child_peak, "pair": child_pair, "scale": child_scale}[what]
         print(json.dumps(fn(*(int(a) for a in nums))))
         return
     import common
