@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fedf_jax.secure import secagg
+from fedf_jax.secure import secagg, shamir
 
 M = 37
 DTYPES = [np.uint32, np.uint64]
@@ -182,15 +182,15 @@ def test_threshold_rule_and_input_errors():
 
 def test_shamir_any_t_shares_rebuild_and_fewer_do_not():
     gmpy2 = pytest.importorskip("gmpy2")
-    assert gmpy2.is_prime(secagg.PRIME, 50) and secagg.PRIME > 2**256
+    assert gmpy2.is_prime(shamir.PRIME, 50) and shamir.PRIME > 2**256
     rand = np.random.default_rng(0)
     secret = 2**256 - 12345
     xs = [1, 2, 3, 4, 5]
-    shares = secagg.shamir_share(secret, xs, 3, lambda k: rand.bytes(k))
+    shares = shamir.shamir_share(secret, xs, 3, lambda k: rand.bytes(k))
     pts = list(zip(xs, shares, strict=True))
     for subset in itertools.combinations(pts, 3):
-        assert secagg.shamir_reconstruct(subset) == secret
-    assert secagg.shamir_reconstruct(pts[:2]) != secret
+        assert shamir.shamir_reconstruct(subset) == secret
+    assert shamir.shamir_reconstruct(pts[:2]) != secret
 
 
 def test_prg_streams_are_prefixes_and_words():

@@ -53,8 +53,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-PRIME = 2**256 + 297  # Shamir field; every 32-byte secret is an element
-SHARE_BYTES = 33
+from fedf_jax.secure.shamir import SHARE_BYTES, shamir_reconstruct, shamir_share
+
 ROUNDS = ("advertise_keys", "share_keys", "masked_input", "unmasking")
 DTYPES = (np.dtype(np.uint32), np.dtype(np.uint64))
 
@@ -144,32 +144,6 @@ def _randomness(seed, cid: int, context: bytes) -> Callable[[int], bytes]:
     key = _hkdf(ikm, struct.pack("<I", cid) + context, salt=b"fedf-secagg/simulation")
     enc = Cipher(algorithms.ChaCha20(key, bytes(16)), None).encryptor()
     return lambda k: enc.update(bytes(k))
-
-
-def shamir_share(secret: int, xs: Sequence[int], threshold: int,
-                 rand: Callable[[int], bytes]) -> list[int]:
-    """Shares of ``secret`` at points ``xs`` (non-zero), any ``threshold`` of which rebuild it."""
-    # 48 random bytes mod PRIME: bias below 2^-128
-    coeffs = [secret] + [int.from_bytes(rand(48), "big") % PRIME for _ in range(threshold - 1)]
-    out = []
-    for x in xs:
-        y = 0
-        for c in reversed(coeffs):  # Horner
-            y = (y * x + c) % PRIME
-        out.append(y)
-    return out
-
-
-def shamir_reconstruct(points: Sequence[tuple[int, int]]) -> int:
-    """Lagrange interpolation at 0 of (x, share) points with distinct non-zero x."""
-    total = 0
-    for i, (xi, yi) in enumerate(points):
-        num, den = 1, 1
-        for j, (xj, _) in enumerate(points):
-            if j != i:
-                num, den = num * xj % PRIME, den * (xj - xi) % PRIME
-        total = (total + yi * num * pow(den, -1, PRIME)) % PRIME
-    return total
 
 
 def _pub(sk: X25519PrivateKey) -> bytes:
