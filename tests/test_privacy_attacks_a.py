@@ -14,10 +14,10 @@ import pytest
 from fedf_jax import protocol
 from fedf_jax.privacy import (
     cli,
+    collusion,
     e1_inversion,
     e2_class_leakage,
     e6_curious_worker,
-    e7_collusion,
     e8_lying,
     experiments,
     metrics,
@@ -191,6 +191,12 @@ def test_a_curious_worker_reads_a_one_sample_pilot_off_the_global_step(one_sampl
     out = e6_curious_worker.attack_step(v, fed, "fedf+1", me, layers)
     assert out["recovered_best_worker"] == 1.0
     assert e6_curious_worker.attack_step(v, fed, "fedf+1", v.pilot, layers) is None
+    # the curious worker of an epoch is never its pilot, nor the victim (worker 0)
+    for view in one_sample_runs["fedf+1"]:
+        for n in (3, 4, 5):
+            k = e6_curious_worker.curious(view._replace(pilot=n - 1), n)
+            assert k == n - 2 and k != 0
+            assert e6_curious_worker.curious(view._replace(pilot=0), n) == n - 1
 
 
 # ---- E7 --------------------------------------------------------------------------------
@@ -207,9 +213,9 @@ def test_n_minus_1_colluders_recover_the_victims_ternary_exactly(fed5):
         if v.pilot not in cols:
             continue
         seen += 1
-        t_hat, size = e7_collusion.recover_victim_ternary(e7_collusion.observe(v, fed5, cols, 1))
+        t_hat, size = collusion.recover_victim_ternary(collusion.observe(v, fed5, cols, 1))
         assert size == v.sizes[0]
-        ok = e7_collusion.identifiable(v, fed5, 0, 1)
+        ok = collusion.identifiable(v, fed5, 0, 1)
         np.testing.assert_array_equal(t_hat[ok], v.ternary[0][ok])
         assert ok.mean() > 0.5
         if v.epoch == 1:
@@ -218,7 +224,7 @@ def test_n_minus_1_colluders_recover_the_victims_ternary_exactly(fed5):
 
 
 def test_n_minus_1_colluders_of_the_paper_get_the_victims_model_bit_for_bit(fed5):
-    rv = views.run_arm(fed5, "fedf-1", 3, 7, report=e7_collusion.paper_attack([1, 2, 3, 4]))
+    rv = views.run_arm(fed5, "fedf-1", 3, 7, report=collusion.paper_attack([1, 2, 3, 4]))
     for v in rv:
         assert v.pilot == 0
         np.testing.assert_array_equal(v.p_new, v.q_true[0])
@@ -229,15 +235,15 @@ def test_n_minus_1_recovery_from_a_random_global_model_is_no_better_than_guessin
     v = next(v for v in views.run_arm(fed5, "fedf+1", 3, 7) if v.pilot in cols)
     rng = np.random.default_rng(4)
     fake = v._replace(p_new=v.p_new + rng.normal(scale=0.05, size=v.p_new.shape))
-    t_hat, _ = e7_collusion.recover_victim_ternary(e7_collusion.observe(fake, fed5, cols, 1),
+    t_hat, _ = collusion.recover_victim_ternary(collusion.observe(fake, fed5, cols, 1),
                                                    max_size=400)
     _, counts = np.unique(v.ternary[0], return_counts=True)
     assert np.mean(t_hat == v.ternary[0]) < counts.max() / v.ternary[0].size
 
 
-BLIND = (e7_collusion.pooled_residual, e7_collusion.recover_victim_ternary,
-         e7_collusion.refine_exact, e7_collusion.search_two_sizes, e7_collusion.decode_pair,
-         e7_collusion.decode_run, e7_collusion.own_vote, e7_collusion.direction_of,
+BLIND = (collusion.pooled_residual, collusion.recover_victim_ternary,
+         collusion.refine_exact, collusion.search_two_sizes, collusion.decode_pair,
+         collusion.decode_run, collusion.own_vote, collusion.direction_of,
          e8_lying.cluster_epochs, e8_lying.cluster_signatures)
 
 
@@ -249,7 +255,7 @@ def test_blind_attackers_take_only_what_the_colluders_observe():
         first = next(iter(params.values())).annotation
         assert "ColluderView" in str(first), fn.__name__
     # a ColluderView holds the colluders' rows only: no field for an honest worker
-    fields = e7_collusion.ColluderView._fields
+    fields = collusion.ColluderView._fields
     assert not {"q_true", "q_sent", "costs"} & set(fields)
 
 
@@ -263,19 +269,19 @@ def test_blind_colluders_see_the_same_round_whichever_honest_worker_is_the_victi
     swap = [1, 0, 2, 3, 4]
     other = v._replace(q_true=v.q_true[swap], q_sent=v.q_sent[swap], ternary=v.ternary[swap],
                        costs=v.costs[swap], sizes=v.sizes[swap])
-    a, b = (e7_collusion.observe(w, fed, cols, 1) for w in (v, other))
+    a, b = (collusion.observe(w, fed, cols, 1) for w in (v, other))
     for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     # so their output is the same pair, and their no-prior score does not depend on who
     # the victim is: it is the mean over the two namings
-    (x, y), decoded = e7_collusion.decode_run([a])
+    (x, y), decoded = collusion.decode_run([a])
     assert (x, y) == (150, 216)
     _, tx, ty, amb = decoded[0]
     np.testing.assert_array_equal(np.sort(np.stack([tx, ty]), axis=0),
                                   np.sort(v.ternary[:2], axis=0))
     layout = e2_class_leakage.fed_layout(fed, OPTS)
     for w, victim in ((v, 0), (other, 0)):
-        got = e7_collusion.blind_scores([a], [(w.ternary[victim], w.ternary[1 - victim])],
+        got = collusion.blind_scores([a], [(w.ternary[victim], w.ternary[1 - victim])],
                                         layout, 3)
         assert got["pair_right"][0][1] == pytest.approx(1.0, abs=0.01)
         assert got["victim_right_no_prior"][0][1] < 0.95  # one of the two namings is wrong
@@ -288,8 +294,8 @@ def test_shuffled_honest_workers_give_blind_colluders_the_same_unordered_sizes(f
                          y_parts=[fed5.y_parts[0], fed5.y_parts[1][:150], *fed5.y_parts[2:]])
     for fed in (fed5, views.permute_workers(fed5, [1, 0, 2, 3, 4])):
         rv = views.run_arm(fed, "fedf+1", 3, 7, report=e8_lying.steer_to_self(cols, 1))
-        cvs = [e7_collusion.observe(v, fed, cols, 1) for v in rv if v.pilot in cols]
-        found.append(e7_collusion.decode_run(cvs)[0])
+        cvs = [collusion.observe(v, fed, cols, 1) for v in rv if v.pilot in cols]
+        found.append(collusion.decode_run(cvs)[0])
         assert found[-1] == tuple(sorted(fed.sizes[:2].tolist()))
     assert found[0] == found[1] and fed5.sizes[0] != fed5.sizes[1]
 
@@ -301,11 +307,11 @@ def test_n_minus_2_colluders_with_unequal_sizes_decode_and_with_equal_sizes_do_n
     rv = views.run_arm(fed, "fedf+1", 3, 7, report=e8_lying.steer_to_self(cols, 10))
     v = rv[-1]
     assert v.pilot in cols and v.epoch == 3 and v.sizes[0] != v.sizes[1]
-    cv = e7_collusion.observe(v, fed, cols, 1)
-    x, y = e7_collusion.search_two_sizes(cv)
+    cv = collusion.observe(v, fed, cols, 1)
+    x, y = collusion.search_two_sizes(cv)
     assert sorted((x, y)) == sorted(v.sizes[:2].tolist())
     lo_first = v.sizes[0] == min(x, y)
-    tx, ty, amb = e7_collusion.decode_pair(cv, min(x, y), max(x, y))
+    tx, ty, amb = collusion.decode_pair(cv, min(x, y), max(x, y))
     t_v = tx if lo_first else ty
     np.testing.assert_array_equal(t_v[~amb], v.ternary[0][~amb])
     assert amb.mean() < 0.2
@@ -313,16 +319,16 @@ def test_n_minus_2_colluders_with_unequal_sizes_decode_and_with_equal_sizes_do_n
     same = v._replace(sizes=np.where(np.arange(5) == 1, v.sizes[0], v.sizes))
     same = same._replace(p_new=_eq3(same, fed))
     z = np.asarray(v.ternary[0], np.int64) + v.ternary[1]
-    cv = e7_collusion.observe(same, fed, cols, 1)
-    _, _, amb = e7_collusion.decode_pair(cv, int(v.sizes[0]), int(v.sizes[0]))
+    cv = collusion.observe(same, fed, cols, 1)
+    _, _, amb = collusion.decode_pair(cv, int(v.sizes[0]), int(v.sizes[0]))
     both = (z == 0) | (np.abs(z) == 1)
     assert amb[both & (np.abs(v.p_prev.astype(np.float64) - v.p_prev2) > 1e-4)].mean() > 0.95
 
 
 def test_class_prior_attribution_picks_the_identity_whose_signature_holds_the_class():
     sig = [np.array([0.0, 1.0, 0.0, 3.0]), np.array([2.0, 0.0, 1.0, 0.0])]
-    assert e7_collusion.attribute(sig, 3) == 0
-    assert e7_collusion.attribute(sig, 0) == 1
+    assert collusion.attribute(sig, 3) == 0
+    assert collusion.attribute(sig, 0) == 1
 
 
 def _eq3(v, fed):
@@ -357,14 +363,14 @@ def test_blind_clustering_splits_epochs_by_the_class_signature_of_the_global_ste
         bias = np.full(shape, -0.02, np.float32)
         bias[[1, 2] if k == 0 else [7, 8]] = 0.05
         step[off:off + shape[0]] = bias + rng.normal(scale=1e-3, size=shape)
-        cvs.append(e7_collusion.ColluderView(2, fed5.p0, fed5.p0, fed5.p0 + step, 5, (2, 3, 4),
+        cvs.append(collusion.ColluderView(2, fed5.p0, fed5.p0, fed5.p0 + step, 5, (2, 3, 4),
                                              fed5.p0[None].repeat(3, 0),
                                              np.zeros((3, fed5.p0.size), np.int8),
                                              np.ones(3, np.int64), -1, 0.01, 0.2, 1))
     labels = e8_lying.cluster_epochs(cvs, layout)
     assert np.array_equal(labels, who) or np.array_equal(labels, 1 - who)
     sig = e8_lying.cluster_signatures(cvs, labels, layout)
-    pick = e7_collusion.attribute(sig, 7)  # the stated prior: the victim holds class 7
+    pick = collusion.attribute(sig, 7)  # the stated prior: the victim holds class 7
     assert np.all(who[labels == pick] == 1)
 
 

@@ -12,7 +12,7 @@ from dp_accounting.rdp import RdpAccountant
 from scipy import optimize
 from scipy import stats as sps
 
-from fedf_jax.privacy import defences, stats
+from fedf_jax.privacy import audit, defences, stats
 
 DELTA = 1e-5
 
@@ -117,13 +117,13 @@ def test_audit_bounds_a_known_gaussian_mechanism():
     # scores of a Gaussian mechanism of multiplier 1 (sensitivity 1): N(1, 1) vs N(0, 1)
     rng = np.random.default_rng(0)
     true_eps = defences.epsilon(1.0, 1, DELTA)
-    audit = defences.audited_epsilon(rng.normal(1, 1, 1000), rng.normal(0, 1, 1000), DELTA)
-    assert 0.3 < audit["eps_lb"] < true_eps
-    assert audit["auc"] == pytest.approx(sps.norm.cdf(1 / math.sqrt(2)), abs=0.03)
-    same = defences.audited_epsilon(rng.normal(0, 1, 1000), rng.normal(0, 1, 1000), DELTA)
+    got = audit.audited_epsilon(rng.normal(1, 1, 1000), rng.normal(0, 1, 1000), DELTA)
+    assert 0.3 < got["eps_lb"] < true_eps
+    assert got["auc"] == pytest.approx(sps.norm.cdf(1 / math.sqrt(2)), abs=0.03)
+    same = audit.audited_epsilon(rng.normal(0, 1, 1000), rng.normal(0, 1, 1000), DELTA)
     assert same["eps_lb"] < 0.3
     # perfectly separated n vs n runs: bounded by the CP interval, about log(n / 3.7)
-    sep = defences.audited_epsilon(np.ones(100), np.zeros(100), DELTA)
+    sep = audit.audited_epsilon(np.ones(100), np.zeros(100), DELTA)
     assert sep["eps_lb"] == pytest.approx(math.log(
         (stats.clopper_pearson(100, 100)[0] - DELTA) / stats.clopper_pearson(0, 100)[1]))
 
@@ -225,7 +225,7 @@ def test_audited_epsilon_at_a_fixed_threshold_is_the_hand_computed_cp_bound():
     lo = 0.025 ** (1 / 100)
     want = math.log((lo - DELTA) / (1 - lo))
     assert want == pytest.approx(3.28134, abs=1e-5)
-    got = defences.audited_epsilon(np.ones(100), np.zeros(100), DELTA, threshold=0.5)
+    got = audit.audited_epsilon(np.ones(100), np.zeros(100), DELTA, threshold=0.5)
     assert got["eps_lb"] == pytest.approx(want, rel=1e-9)
     assert (got["tpr"], got["fpr"]) == (1.0, 0.0)
     # 60 of 100 above the threshold with the canary, 20 of 100 without
@@ -233,18 +233,18 @@ def test_audited_epsilon_at_a_fixed_threshold_is_the_hand_computed_cp_bound():
     b = np.r_[np.ones(20), np.zeros(80)]
     tpr_lo = sps.beta.ppf(0.025, 60, 41)
     fpr_hi = sps.beta.ppf(0.975, 21, 80)
-    got = defences.audited_epsilon(a, b, DELTA, threshold=0.5)
+    got = audit.audited_epsilon(a, b, DELTA, threshold=0.5)
     assert got["eps_lb"] == pytest.approx(math.log((tpr_lo - DELTA) / fpr_hi), rel=1e-9)
 
 
 def test_audit_split_chooses_the_threshold_on_other_runs():
     rng = np.random.default_rng(9)
     a, b = rng.normal(2.0, 1, 5000), rng.normal(0, 1, 5000)
-    got = defences.audit_split(a, b, DELTA)
+    got = audit.audit_split(a, b, DELTA)
     assert got["n_fit"] == 1000 and got["n_eval"] == 4000
-    held = defences.audited_epsilon(a[1000:], b[1000:], DELTA, threshold=got["threshold"])
+    held = audit.audited_epsilon(a[1000:], b[1000:], DELTA, threshold=got["threshold"])
     assert got["eps_lb"] == pytest.approx(held["eps_lb"])
-    assert got["eps_lb"] <= defences.audited_epsilon(a[1000:], b[1000:], DELTA)["eps_lb"]
+    assert got["eps_lb"] <= audit.audited_epsilon(a[1000:], b[1000:], DELTA)["eps_lb"]
 
 
 # ---- example-level DP-SGD --------------------------------------------------------------
@@ -330,6 +330,8 @@ def test_median_interval_uses_order_statistics_with_their_coverage():
     assert 1 - 2 * sps.binom.cdf(2, 10, 0.5) < 0.95  # [x_(3), x_(8)] would not
     few = stats.median_interval([3.0, 100.0, 100.0, 7.0, 100.0], (0, 100))
     assert (few.mean, few.lo, few.hi, few.method) == (100.0, 3.0, 100.0, "median range")
+    same = stats.median_interval([100.0] * 5, (0, 100))
+    assert (same.mean, same.method) == (100.0, "all equal")
 
 
 def test_judge_refutes_only_past_holm_and_the_margin():
@@ -345,5 +347,9 @@ def test_judge_refutes_only_past_holm_and_the_margin():
     assert r.verdict == "supported"
     r, _ = judge("R", "given", [("d", [0.0] * 5)], 0.1, (0.0, 1.0))
     assert r.verdict == "inconclusive" and r.reason.startswith("No ")
+    assert "distribution-free" in r.reason and "no spread" not in r.reason
+    # identical values off the range's ends have no interval, and the reason says so
+    r, _ = judge("R", "given", [("e", [0.0] * 5)], 0.2, (-1.0, 1.0))
+    assert r.verdict == "inconclusive" and "no spread" in r.reason
     r, _ = judge("R", "given", [], 0.1, (0.0, 1.0))
     assert r.verdict == "inconclusive"

@@ -12,7 +12,7 @@ import pytest
 
 from fedf_jax import config, keys, layout
 from fedf_jax.algorithms import fedf, hierarchy
-from fedf_jax.privacy import e10_secure_sum, e11_hierarchy, views
+from fedf_jax.privacy import e10_secure_sum, e11_hierarchy, groups, views
 from fedf_jax.privacy.common import Options
 
 OPTS = Options(workers=5, hidden=8, seeds=1, rounds=2, arms=("fedf+1",))
@@ -73,7 +73,7 @@ def test_the_hierarchy_recorder_is_the_simulators_two_level_fedf():
                                                     partition="label-dirichlet"), 3)
     members = [[0, 1, 2], [3, 4, 5]]
     kappa = 2
-    rec = views.run_groups(fed, members, kappa, 3, 3)
+    rec = groups.run_groups(fed, members, kappa, 3, 3)
     cfg = config.make(workers=6, groups=2, group_epochs=kappa, worker_specs=fed.specs)
     x, y = np.concatenate(fed.x_parts), np.concatenate(fed.y_parts)
     b = np.cumsum([0] + [len(p) for p in fed.y_parts])
@@ -94,7 +94,7 @@ def test_the_hierarchy_recorder_is_the_simulators_two_level_fedf():
         np.testing.assert_array_equal(np.asarray(state.top.p_prev), r.top.p_new)
         assert len(r.groups[0]) == kappa and r.top.q_sent.shape[0] == 2
     with pytest.raises(ValueError, match="`members`"):
-        views.run_groups(fed, [[0, 1], [3, 4, 5]], 1, 1, 3)
+        groups.run_groups(fed, [[0, 1], [3, 4, 5]], 1, 1, 3)
 
 
 def test_e11_sees_the_shields_views_and_judges_four_regimes():

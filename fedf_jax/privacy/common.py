@@ -169,14 +169,21 @@ def judge(regime: str, given: str, cells: Sequence[tuple[str, Sequence[float]]],
         verdict = Regime(regime, given, "supported",
                          f"Every cell's 95 % upper bound of the {what} is below {margin:g}.")
     elif not observed:
-        worst = max((t.hi for t in tests if math.isfinite(t.hi)), default=math.nan)
         seeds = max(t.n for t in tests)
-        bound = (f"the 95 % upper bounds (up to {worst:.2g}; distribution-free, as the "
-                 "values sit at an end of their range or do not vary)"
-                 if math.isfinite(worst) else "no interval")
+        bounded = [t.hi for t, iv in zip(tests, ivs, strict=True)
+                   if iv.method != "all equal" and math.isfinite(t.hi)]
+        same = sum(iv.method == "all equal" for iv in ivs)
+        parts = []
+        if bounded:
+            parts.append(f"the 95 % upper bounds (up to {max(bounded):.2g}; distribution-free "
+                         "where the values sit at an end of their range)")
+        if same:
+            parts.append(f"{same} cell{'s' if same != 1 else ''} with the same value in every "
+                         "seed (no spread: no interval)")
+        bound = " and ".join(parts) or "no interval"
         verdict = Regime(regime, given, "inconclusive",
                          f"No {what} above 0 in any seed of any of the {len(tests)} cells, but "
-                         f"with {seeds} seed{'s' if seeds != 1 else ''} {bound} cannot exclude "
+                         f"with {seeds} seed{'s' if seeds != 1 else ''}, {bound} cannot exclude "
                          f"{margin:g}.")
     else:
         open_ = [t for t, iv in zip(tests, ivs, strict=True)
@@ -187,6 +194,23 @@ def judge(regime: str, given: str, cells: Sequence[tuple[str, Sequence[float]]],
                          f"cannot exclude {margin:g} ({what}; largest: {top.cell}, "
                          f"{top.estimate:+.3g}).")
     return verdict, tests
+
+
+def judge_each(families: dict[str, Sequence[tuple[str, Sequence[float]]]], given: str,
+               margin: float, bounds: Sequence[float], what: str = "leak",
+               name: str = "victim {}, others full shares") -> tuple[list[Regime], list[Test]]:
+    """:func:`judge` for one regime per key of ``families`` (e.g. the victim's n_k), named
+    ``name.format(key)``, in the dict's order.
+
+    Returns:
+      (one Regime per key, every Test).
+    """
+    regimes, tests = [], []
+    for key, cells in families.items():
+        r, t = judge(name.format(key), given, cells, margin, bounds, what)
+        regimes.append(r)
+        tests += t
+    return regimes, tests
 
 
 def judge_families(regime: str, given: str,

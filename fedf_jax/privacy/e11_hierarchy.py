@@ -1,6 +1,6 @@
 """E11: the two-level hierarchy (DESIGN §8): a curious group master and a curious top master.
 
-Six workers in two groups of three (``views.run_groups``: each group runs kappa FEDF
+Six workers in two groups of three (``groups.run_groups``: each group runs kappa FEDF
 epochs under its group master from the top's model, then each group master is one
 worker of the top level, which runs FEDF over the two groups). The victim is worker 0
 of group 0, planted with 3 of the 10 classes (a full share). What each party learns of
@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from fedf_jax.privacy import stats, views
+from fedf_jax.privacy import groups, stats, views
 from fedf_jax.privacy.common import Options, Result, judge_families, overall, row
 from fedf_jax.privacy.e2_class_leakage import (
     CONTROL_DRAWS,
@@ -87,7 +87,7 @@ def run(opts: Options, seed0: int = 0, progress: Callable[[str], None] | None = 
             return stats.set_f1(held, recovered_set(class_scores(update, layout)))
 
         for kappa in kappas:
-            for gr in views.run_groups(fed, GROUPS, kappa, rounds, seed):
+            for gr in groups.run_groups(fed, GROUPS, kappa, rounds, seed):
                 st = f"kappa={kappa} {'t=1' if gr.epoch == 1 else 't>=2'}"
                 ctrl = float(np.mean([f1(rng.integers(-1, 2, m).astype(np.float32))
                                       for _ in range(CONTROL_DRAWS)]))

@@ -37,7 +37,7 @@ from collections.abc import Callable
 import numpy as np
 
 from fedf_jax import guard, worker
-from fedf_jax.privacy import e7_collusion, e8_lying, views
+from fedf_jax.privacy import collusion, e8_lying, views
 from fedf_jax.privacy.common import Options, Result, judge, row
 
 TITLE = "Guarding the pilot choice: robust bounds on reports and the pilot's step"
@@ -81,7 +81,7 @@ def scenario(opts: Options, name: str, seed: int
     if name == "N-2 colluders":
         return views.make_federation(o, seed), e8_lying.steer_to_self([2, 3, 4]), [2, 3, 4]
     if name == "inflate cost":
-        return views.make_federation(o, seed), e7_collusion.paper_attack([2, 3, 4]), [2, 3, 4]
+        return views.make_federation(o, seed), collusion.paper_attack([2, 3, 4]), [2, 3, 4]
     if name == "honest, heterogeneous":
         fed = views.make_federation(dataclasses.replace(o, partition="label-dirichlet",
                                                         dirichlet_alpha=0.5), seed)

@@ -27,7 +27,7 @@ from flax import nnx
 from fedf_jax import keys, layout, protocol, worker
 from fedf_jax.models import MODELS, Model
 from fedf_jax.privacy import stats, views
-from fedf_jax.privacy.common import Options, Regime, Result, Test, judge, overall, row
+from fedf_jax.privacy.common import Options, Regime, Result, Test, judge_each, overall, row
 
 TITLE = "Class leakage from ternary vectors (master)"
 CLAIM = ("Theorem 2: an honest-but-curious master has no information on a worker's private "
@@ -164,6 +164,10 @@ def simulate_workers(model: Model, p_prev: np.ndarray, p_prev2: np.ndarray, epoc
 
 PRIOR_EPOCHS = (1, 5)  # the adversary's prior on a worker's local epochs ...
 PRIOR_BATCHES = (1, 8, 32)  # ... and batch size (uniform), the values the suite sweeps
+# how the shadow workers guess, for an experiment's notes
+SHADOW_GUESS = (f"local epochs and batch size guessed from the prior E in {PRIOR_EPOCHS}, "
+                f"B in {PRIOR_BATCHES} (one draw per round), learning rate from the public "
+                "range")
 
 
 def shadow_specs(fed: views.Federation, count: int, rng: np.random.Generator
@@ -292,12 +296,6 @@ def _verdict(cells: dict, arms) -> tuple[list[Regime], list[Test]]:
         n_k = setting.split()[0]
         by_regime.setdefault(n_k, []).append(
             (f"{arm} {setting}", [a - b for a, b in zip(values, control, strict=True)]))
-    regimes, tests = [], []
     given = ("the victim's T_k (its model when it is the pilot), P^{t-1}, P^{t-2}, the public "
              "model layout")
-    for n_k, family in by_regime.items():
-        r, t = judge(f"victim {n_k}, others full shares", given, family, MARGIN, (-1.0, 1.0),
-                     "F1 above the control")
-        regimes.append(r)
-        tests += t
-    return regimes, tests
+    return judge_each(by_regime, given, MARGIN, (-1.0, 1.0), "F1 above the control")

@@ -39,8 +39,7 @@ import optax
 from fedf_jax.privacy import metrics, views
 from fedf_jax.privacy.common import Options, Regime, Result, Test, judge_families, overall, row
 from fedf_jax.privacy.e2_class_leakage import (
-    PRIOR_BATCHES,
-    PRIOR_EPOCHS,
+    SHADOW_GUESS,
     class_scores,
     fed_layout,
     leaf,
@@ -236,10 +235,8 @@ def run(opts: Options, seed0: int = 0, progress: Callable[[str], None] | None = 
     verdict = overall(regimes)
     notes = ("The master is given the victim's messages (T_k, or its model when it is the "
              "pilot), P^{t-1}, P^{t-2}, public data; the learned inverter's shadow workers "
-             "guess the victim's local epochs and batch size from the prior E in "
-             f"{PRIOR_EPOCHS}, B in {PRIOR_BATCHES} (one draw per round) and its learning "
-             "rate from the public range. Baselines are per arm: the class prototype uses "
-             "the arm's own message.")
+             f"have their {SHADOW_GUESS}, never the victim's. Baselines are per arm: the "
+             "class prototype uses the arm's own message.")
     notes += (" The attacked worker's message is T_k when it is not the pilot and its model "
               "when it is; t = 1 and t = 2 of fedf+1 and fedf-1 differ only at t = 2. "
               "Reconstructions are scored against the worker's best-matching image.")

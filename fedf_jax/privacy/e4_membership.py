@@ -30,10 +30,18 @@ import numpy as np
 from fedf_jax import worker
 from fedf_jax.models import Model
 from fedf_jax.privacy import stats, views
-from fedf_jax.privacy.common import Options, Regime, Result, Row, Test, judge, overall, row
+from fedf_jax.privacy.common import (
+    Options,
+    Regime,
+    Result,
+    Row,
+    Test,
+    judge_each,
+    overall,
+    row,
+)
 from fedf_jax.privacy.e2_class_leakage import (
-    PRIOR_BATCHES,
-    PRIOR_EPOCHS,
+    SHADOW_GUESS,
     global_step,
     observe,
     observed_update,
@@ -194,10 +202,8 @@ def run(opts: Options, seed0: int = 0, progress: Callable[[str], None] | None = 
     regimes, tests = _verdict(per_seed_all, opts.arms)
     verdict = overall(regimes)
     notes = ("The master sees the victim's T_k (its model when it is the pilot), the curious "
-             "worker P^t; both know P^{t-1} and the candidates. LiRA's shadow workers guess "
-             "the victim's local epochs and batch size from the prior E in "
-             f"{PRIOR_EPOCHS}, B in {PRIOR_BATCHES} (one draw per round) and its learning "
-             "rate from the public range.")
+             "worker P^t; both know P^{t-1} and the candidates. LiRA's shadow workers have "
+             f"their {SHADOW_GUESS}, never the victim's.")
     notes += (f" Per seed: {repeats} attacked data sets x 2 n_k candidates; pooled rows join "
               f"all seeds ({len(seeds) * repeats * 2} x n_k candidates). TPR at 1 % FPR "
               "needs >= 100 non-members to resolve; per-seed values are coarse. LiRA uses "
@@ -221,10 +227,4 @@ def _verdict(per_seed: dict, arms) -> tuple[list[Regime], list[Test]]:
                 (f"{arm} {setting}", [v - 0.5 for v in values]))
     given = ("master: the victim's T_k (its model when it is the pilot); curious worker: P^t; "
              "both: P^{t-1}, the candidates, public data, guessed hyper-parameters")
-    regimes, tests = [], []
-    for n_k, cells in by.items():
-        r, t = judge(f"victim {n_k}, others full shares", given, cells, MARGIN, (-0.5, 0.5),
-                     "AUC above 0.5")
-        regimes.append(r)
-        tests += t
-    return regimes, tests
+    return judge_each(by, given, MARGIN, (-0.5, 0.5), "AUC above 0.5")

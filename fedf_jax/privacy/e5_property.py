@@ -26,8 +26,7 @@ from sklearn.preprocessing import StandardScaler
 from fedf_jax.privacy import stats, views
 from fedf_jax.privacy.common import Options, Regime, Result, Test, judge, row
 from fedf_jax.privacy.e2_class_leakage import (
-    PRIOR_BATCHES,
-    PRIOR_EPOCHS,
+    SHADOW_GUESS,
     observe,
     observed_update,
     shadow_specs,
@@ -134,10 +133,8 @@ def run(opts: Options, seed0: int = 0, progress: Callable[[str], None] | None = 
     regime, tests = _verdict(per_seed, opts.arms, n_k)
     verdict = regime.verdict
     notes = (f"{repeats} attacked workers per side and seed; {shadows} shadow workers per "
-             "round, whose local epochs and batch size are guessed from the prior E in "
-             f"{PRIOR_EPOCHS}, B in {PRIOR_BATCHES} (one draw per round) and learning rate "
-             "from the public range; logistic regression on L2-normalised, standardised "
-             "messages.")
+             f"round, with their {SHADOW_GUESS}; logistic regression on L2-normalised, "
+             "standardised messages.")
     return Result("E5", TITLE, CLAIM, CRITERION, rows, verdict, notes,
                   extra={"repeats": repeats, "shadows": shadows, "n_local": n_k,
                          "recipes": recipes}, regimes=[regime], tests=tests)

@@ -7,12 +7,14 @@ update, so a worker that is not the pilot sees nearly the pilot's Q_{k*} - P^{t-
 (the case the proof of Theorem 3 calls unlikely). In FedAvg the step is the
 size-weighted mean of all updates.
 
-The curious worker (the last one) removes what it knows of its own contribution
-(FedAvg: p_c (Q_c - P^{t-1}); FEDF: d c_t p_c T_c s; p_c = 1/N: it does not know the
-others' sizes and takes them equal to its own) and runs E1's analytic first-layer
-inversion on the rest, keeping as many images as the other workers hold together (it
-knows N and, in the tiny-federation regime, that each holds n_k samples), and reads the
-classes whose output bias rose. Scores, against the other workers' data:
+The curious worker (:func:`curious`: the last worker, or the one before it in an
+epoch where the last one is the pilot, which sees only the votes) removes what it
+knows of its own contribution (FedAvg: p_c (Q_c - P^{t-1}); FEDF: d c_t p_c T_c s;
+p_c = 1/N: it does not know the others' sizes and takes them equal to its own) and
+runs E1's analytic first-layer inversion on the rest, keeping as many images as the
+other workers hold together (it knows N and, in the tiny-federation regime, that each
+holds n_k samples), and reads the classes whose output bias rose. Scores, against the
+other workers' data:
 
 - ``recovered``: share of their samples matched by an output image at PSNR >= 30 dB;
 - ``recovered_best_worker``: the same share for the most exposed worker;
@@ -50,6 +52,13 @@ CRITERION = ("Per regime (every worker n_k; victim n_k with the others at full s
 RECOVERED_DB = 30.0
 EVERY_SIZES = (1, 4, 16, 64, 0)
 VICTIM_SIZES = (1, 4, 16, 64)
+
+
+def curious(view: views.RoundView, n_workers: int) -> int:
+    """The curious worker of an epoch: worker N-1, or N-2 when N-1 is the pilot (the
+    pilot's own model is the step, so it learns only the votes). Never worker 0 for
+    N >= 3, so the victim is never the attacker."""
+    return n_workers - 1 if view.pilot != n_workers - 1 else n_workers - 2
 
 
 def own_contribution(view: views.RoundView, fed: views.Federation, arm: str, me: int
@@ -109,7 +118,6 @@ def run(opts: Options, seed0: int = 0, progress: Callable[[str], None] | None = 
     every = quick_sizes if opts.quick else list(EVERY_SIZES)
     only = quick_sizes if opts.quick else list(VICTIM_SIZES)
     rounds = 1 if opts.quick else opts.rounds
-    me = opts.workers - 1
     per_seed: dict[tuple[str, str, str], dict[int, list[float]]] = {}
     plan = [("every worker", n) for n in every] + [("victim", n) for n in only]
     for kind, n in plan:
@@ -125,7 +133,7 @@ def run(opts: Options, seed0: int = 0, progress: Callable[[str], None] | None = 
                                  f"uses a model without a dense first layer.")
             for arm in opts.arms:
                 for v in views.run_arm(fed, arm, rounds, seed, delta=opts.delta):
-                    out = attack_step(v, fed, arm, me, layers)
+                    out = attack_step(v, fed, arm, curious(v, opts.workers), layers)
                     if out is None:
                         continue
                     st = f"{kind} n_k={n or 'all'} {'t=1' if v.epoch == 1 else 't>=2'}"
@@ -142,11 +150,12 @@ def run(opts: Options, seed0: int = 0, progress: Callable[[str], None] | None = 
     rows = [row(a, st, m, v) for (a, st, m), v in vals.items()]
     regimes, tests = _verdict(vals)
     notes = " ".join([
-        f"The curious worker is worker {me}; values are per-seed means over the epochs of a "
-        "setting, intervals over seeds. An image counts as recovered at PSNR >= "
-        f"{RECOVERED_DB:.0f} dB after a Hungarian match of the outputs to the target samples. "
-        "Epochs in which the curious worker was itself the pilot are left out (it then sees "
-        "only the votes)."])
+        f"The curious worker is worker {opts.workers - 1}, or worker {opts.workers - 2} in "
+        f"the epochs worker {opts.workers - 1} is the pilot; values are per-seed means over "
+        "the epochs of a setting, intervals over seeds (a pilot sees only the votes, so "
+        "the curious worker is never the pilot). An image counts as recovered at PSNR >= "
+        f"{RECOVERED_DB:.0f} dB after a Hungarian match of the outputs to the target "
+        "samples."])
     return Result("E6", TITLE, CLAIM, CRITERION, rows, overall(regimes), notes,
                   regimes=regimes, tests=tests)
 

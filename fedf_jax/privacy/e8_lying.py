@@ -13,7 +13,7 @@ worker 1 the other honest worker, workers 2..N-1 collude. Strategies:
 - ``steer to self``: sizes x10^4 and costs 1/t (a steady decrease): a colluder is the
   pilot every epoch; the colluders then decode the two honest ternaries blind (E7).
 
-What the colluders observe (E7's :class:`~fedf_jax.privacy.e7_collusion.ColluderView`):
+What the colluders observe (E7's :class:`~fedf_jax.privacy.collusion.ColluderView`):
 under the two ``inflate`` lies no colluder is ever the pilot, so they know an honest
 worker piloted each epoch, not which one. Their estimate of "the pilot's model" each
 epoch is P^t. Blind attribution (:func:`cluster_epochs`): the epochs are split in two
@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from fedf_jax.privacy import e7_collusion, views
+from fedf_jax.privacy import collusion, e7_collusion, views
 from fedf_jax.privacy.common import Options, Result, judge, overall, row
 from fedf_jax.privacy.e2_class_leakage import class_scores, fed_layout
 
@@ -83,9 +83,9 @@ def hook_for(strategy: str, colluders) -> views.Report | None:
     if strategy == "honest":
         return None
     if strategy == "inflate cost":
-        return e7_collusion.paper_attack(colluders)
+        return collusion.paper_attack(colluders)
     if strategy == "inflate cost+size":
-        return e7_collusion.paper_attack(colluders, size_factor=SIZE_FACTOR)
+        return collusion.paper_attack(colluders, size_factor=SIZE_FACTOR)
     if strategy == "steer to self":
         return steer_to_self(colluders)
     raise ValueError(f"`strategy` (={strategy!r}) must be one of {STRATEGIES}.")
@@ -98,7 +98,7 @@ def relative_residual(view: views.RoundView, victim: int = 0) -> float:
     return float(np.linalg.norm(view.p_new - q) / max(np.linalg.norm(q - view.p_prev), 1e-30))
 
 
-def cluster_epochs(cvs: Sequence[e7_collusion.ColluderView], layout: dict) -> np.ndarray:
+def cluster_epochs(cvs: Sequence[collusion.ColluderView], layout: dict) -> np.ndarray:
     """Blind: i64[T] a cluster (0 or 1) per epoch, by 2-means on the standardised class
     signatures of the global steps P^t - P^{t-1} (the colluders see every P^t). Seeded
     by the two epochs farthest apart; ties go to cluster 0."""
@@ -121,7 +121,7 @@ def cluster_epochs(cvs: Sequence[e7_collusion.ColluderView], layout: dict) -> np
     return labels
 
 
-def cluster_signatures(cvs: Sequence[e7_collusion.ColluderView], labels: np.ndarray,
+def cluster_signatures(cvs: Sequence[collusion.ColluderView], labels: np.ndarray,
                        layout: dict) -> list[np.ndarray]:
     """f[C] summed class signature of each cluster's global steps."""
     sig = [class_scores((cv.p_new - cv.p_prev).astype(np.float32), layout) for cv in cvs]
@@ -157,13 +157,13 @@ def run(opts: Options, seed0: int = 0, progress: Callable[[str], None] | None = 
                 put(arm, strategy, "colluder_pilot", np.mean([v.pilot in cols for v in rv]))
                 put(arm, strategy, "test_accuracy", views.evaluate(fed, rv[-1].p_new)[1])
                 if strategy in PILOTED:
-                    cvs = [e7_collusion.observe(v, fed, cols, d) for v in rv]
+                    cvs = [collusion.observe(v, fed, cols, d) for v in rv]
                     labels = cluster_epochs(cvs, layout)
                     res = np.array([relative_residual(v) for v in rv])
                     per_cluster = [res[labels == c].mean() if np.any(labels == c) else np.nan
                                    for c in (0, 1)]
                     put(arm, strategy, "residual_no_prior", np.nanmean(per_cluster))
-                    pick = e7_collusion.attribute(cluster_signatures(cvs, labels, layout),
+                    pick = collusion.attribute(cluster_signatures(cvs, labels, layout),
                                                   known)
                     if np.isfinite(per_cluster[pick]):
                         put(arm, strategy, "residual_class_prior", per_cluster[pick])
@@ -172,9 +172,9 @@ def run(opts: Options, seed0: int = 0, progress: Callable[[str], None] | None = 
                         put(arm, strategy, "residual_informed", np.mean(informed))
                 if strategy == "steer to self":
                     piloted = [v for v in rv if v.pilot in cols]
-                    cvs = [e7_collusion.observe(v, fed, cols, d) for v in piloted]
+                    cvs = [collusion.observe(v, fed, cols, d) for v in piloted]
                     truth = [(v.ternary[0], v.ternary[1]) for v in piloted]
-                    got = e7_collusion.blind_scores(cvs, truth, layout, known)
+                    got = collusion.blind_scores(cvs, truth, layout, known)
                     for metric in ("pair_right", "victim_right_no_prior",
                                    "victim_right_class_prior"):
                         if got.get(metric):
@@ -182,10 +182,10 @@ def run(opts: Options, seed0: int = 0, progress: Callable[[str], None] | None = 
                     if piloted:
                         base = [max(np.max(np.unique(v.ternary[0], return_counts=True)[1])
                                     / v.ternary[0].size,
-                                    np.mean(e7_collusion.own_vote(cv) == v.ternary[0]))
+                                    np.mean(collusion.own_vote(cv) == v.ternary[0]))
                                 for v, cv in zip(piloted, cvs, strict=True)]
                         put(arm, strategy, "best_baseline", np.mean(base))
-                        inf = [np.mean(e7_collusion.decode_two_informed(v, fed, 0, 1, cols, d)[0]
+                        inf = [np.mean(collusion.decode_two_informed(v, fed, 0, 1, cols, d)[0]
                                        == v.ternary[0]) for v in piloted]
                         put(arm, strategy, "victim_right_informed", np.mean(inf))
             if progress:

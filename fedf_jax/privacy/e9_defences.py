@@ -26,7 +26,7 @@ per-example gradient norm on auxiliary samples at P^0.
   arm's own ``WorkerDP.worker`` (clipping and noise), ``trials`` times per world with
   fresh keys; the score is the likelihood-ratio statistic of the two Gaussian
   channels; the threshold is fixed before the runs (:func:`planned_threshold`, from the
-  noise the accountant claims) and :func:`defences.audited_epsilon` bounds epsilon at
+  noise the accountant claims) and :func:`audit.audited_epsilon` bounds epsilon at
   it (Clopper-Pearson, 95 %). The accountant's epsilon of that
   release is the arm's one-round epsilon (the audited arms are calibrated for one
   round). The same adversary against pilot noise and no defence scores the pilot's
@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedf_jax import keys, protocol, worker
-from fedf_jax.privacy import defences, stats, views
+from fedf_jax.privacy import audit, defences, stats, views
 from fedf_jax.privacy.common import Options, Regime, Result, row
 from fedf_jax.privacy.e2_class_leakage import (
     class_scores,
@@ -135,7 +135,7 @@ def planned_threshold(mu: float, trials: int, delta: float, alpha: float = 0.05)
     audit expects if the mechanism is what the accountant claims: scores
     ``N(+mu/2, 1)`` with the canary and ``N(-mu/2, 1)`` without (mu = 1 / z for a
     Gaussian mechanism of multiplier z), the CP bounds taken at the expected counts.
-    Chosen without the scores, it keeps :func:`defences.audited_epsilon`'s bound valid
+    Chosen without the scores, it keeps :func:`audit.audited_epsilon`'s bound valid
     whatever the implementation does (a wrong implementation only makes it a worse
     choice). Infinite ``mu`` (no noise): 0."""
     if not math.isfinite(mu):
@@ -169,7 +169,7 @@ def tight_audit(defence, p0: np.ndarray, clip: float, trials: int, key: jax.Arra
       alpha: the ternary's threshold alpha_k (Eq. 4), for ``release="ternary"``.
 
     Returns:
-      :func:`defences.audit_split`'s dict plus ``"trials"``.
+      :func:`audit.audit_split`'s dict plus ``"trials"``.
     """
     m = p0.shape[0]
     k_dir, k_in, k_out = jax.random.split(key, 3)
@@ -216,7 +216,7 @@ def tight_audit(defence, p0: np.ndarray, clip: float, trials: int, key: jax.Arra
         tau = planned_threshold(1.0 / defence.noise_multiplier, trials, delta)
     else:
         tau = 0.0  # no noise claimed: the two worlds' scores are +-clip (or T . u)
-    out = defences.audited_epsilon(s_in, s_out, delta, threshold=tau)
+    out = audit.audited_epsilon(s_in, s_out, delta, threshold=tau)
     out["trials"] = trials
     return out
 
@@ -226,7 +226,7 @@ def weak_audit(fed: views.Federation, defence, trials: int, seed: int, delta: fl
     """The input-space canary audit (a weak adversary): the worker's one-round release
     with its data set plus a canary (a test image with a wrong label) against the same
     set plus an ordinary image; score: the projection on the noiseless mean difference
-    (estimated on separate runs); bound: :func:`defences.audited_epsilon`."""
+    (estimated on separate runs); bound: :func:`audit.audited_epsilon`."""
     rng = np.random.default_rng([seed, 9])
     pick = rng.choice(len(fed.y_test), CANARY_BASE + 2, replace=False)
     x, y = fed.x_test[pick], fed.y_test[pick]
@@ -249,7 +249,7 @@ def weak_audit(fed: views.Federation, defence, trials: int, seed: int, delta: fl
     q, _ = jax.vmap(defence.worker, in_axes=(0, 0, None, None))(
         trial_keys, jnp.asarray(q), jnp.asarray(fed.p0), jnp.float32(1.0))
     s = (np.asarray(q) - fed.p0).astype(np.float64) @ w.astype(np.float64)
-    out = defences.audited_epsilon(s[:trials], s[trials:], delta)
+    out = audit.audited_epsilon(s[:trials], s[trials:], delta)
     out["trials"] = trials
     return out
 

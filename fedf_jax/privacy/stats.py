@@ -38,7 +38,8 @@ METRIC_RANGES: dict[str, tuple[float, float]] = {
                      "f1_control", "member_auc", "class_f1_pilot", "class_f1_message",
                      "exposed", "trits_right_informed", "diverged", "e12_accuracy",
                      "victim_pilot_guarded", "bad_pilot", "liar_pilot", "best_baseline",
-                     "others_zero", "trits_right_blind", "refused", "admissible_share"),
+                     "others_zero", "trits_right_blind", "refused", "admissible_share",
+                     "overridden", "victim_recovered"),
                     _UNIT),
     **dict.fromkeys(("psnr_db", "analytic_psnr_db", "opt_psnr_db", "victim_psnr_db",
                      "analytic_psnr_db_median", "opt_psnr_db_median", "psnr_db_median"),
@@ -258,7 +259,8 @@ def median_interval(values: npt.ArrayLike, bounds: Sequence[float] = (-math.inf,
     The interval is [x_(j), x_(n+1-j)] with the largest j whose binomial coverage
     ``1 - 2 P(Binom(n, 1/2) <= j - 1)`` is at least 95 %; with fewer than 6 values no j
     reaches it and the interval is [min, max] (method ``"median range"``; its coverage,
-    ``1 - 2^(1-n)``, is below 95 %). The median is what a capped metric (PSNR at
+    ``1 - 2^(1-n)``, is below 95 %); identical values give ``"all equal"`` (no
+    interval), as in :func:`mean_interval`. The median is what a capped metric (PSNR at
     :data:`PSNR_CAP_DB`) should be summarised by: a mean mixes exact and failed
     reconstructions.
 
@@ -277,6 +279,8 @@ def median_interval(values: npt.ArrayLike, bounds: Sequence[float] = (-math.inf,
     med = float(np.median(v))
     if v.size == 1:
         return Interval(med, math.nan, math.nan, 1, "n=1")
+    if v[0] == v[-1]:  # no spread: flagged, not shown as a certain interval
+        return Interval(med, med, med, int(v.size), "all equal")
     n = v.size
     best = 0
     for j in range(1, n // 2 + 1):

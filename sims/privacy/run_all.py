@@ -1,7 +1,7 @@
 """Runs the privacy experiments E1-E12 and writes RESULTS.md plus one plot per experiment.
 
-    python sims/privacy/run_all.py            # the suite (about 20 min on 2 shared CPU cores)
-    python sims/privacy/run_all.py --quick    # a CI-size check (about 5 minutes)
+    python sims/privacy/run_all.py            # the suite (about 20-25 min on 2 shared CPU cores)
+    python sims/privacy/run_all.py --quick    # a CI-size check (about 3-5 minutes)
     python sims/privacy/run_all.py --only E1,E7 --seeds 3
 
 Each experiment's result.json / result.md goes to OUT/results/EN/; OUT/RESULTS.md
@@ -263,7 +263,8 @@ def write_report(results: dict[str, Result], out: Path, mode: str, walls: dict[s
         "regime where nothing leaks in 5 seeds reads inconclusive, not supported. Medians "
         "are reported beside means where a cap (PSNR at 100 dB) makes means misleading.",
         "",
-        "Sweeps: the victim's n_k in {1, 4, 16, all} (E6: also 64, and every worker cut to "
+        "Sweeps: the victim's n_k in {1, 4, 16, all} (E4: 64 in place of all; E6: also 64, "
+        "and every worker cut to "
         "n_k as a separate regime; E1: a tiny federation of 1-sample workers as a separate "
         "regime), local epochs {1, 5} and batch sizes {1, 8, 32} one knob at a time around "
         "the base recipe (E = 1, B = 8) at n_k = 1 and 16 (E2: every (E, B) pair at 16; E5 "
