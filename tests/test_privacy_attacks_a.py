@@ -20,6 +20,7 @@ from fedf_jax.privacy import (
     e6_curious_worker,
     e8_lying,
     experiments,
+    inversion,
     metrics,
     views,
 )
@@ -143,12 +144,12 @@ def test_optimisation_inversion_reconstructs_a_one_step_update(one_sample, one_s
     fed = one_sample
     v = one_sample_runs["fedavg"][0]
     delta = v.q_sent[0].astype(np.float64) - v.p_prev
-    rec, value = e1_inversion.optimisation_inversion(fed.model, v.p_prev, delta,
+    rec, value = inversion.optimisation_inversion(fed.model, v.p_prev, delta,
                                                      fed.y_parts[0], (8, 8, 1), fed.specs[0],
                                                      100, jax.random.key(0))
     good = metrics.psnr(rec, fed.x_parts[0])[0]
     rng = np.random.default_rng(3)
-    noise, noise_value = e1_inversion.optimisation_inversion(
+    noise, noise_value = inversion.optimisation_inversion(
         fed.model, v.p_prev, rng.normal(scale=1e-3, size=delta.shape), fed.y_parts[0],
         (8, 8, 1), fed.specs[0], 100, jax.random.key(0))
     assert good > 25 and metrics.psnr(noise, fed.x_parts[0])[0] < good - 10
@@ -156,16 +157,16 @@ def test_optimisation_inversion_reconstructs_a_one_step_update(one_sample, one_s
 
 
 def test_the_attacker_guesses_the_recipe_from_its_prior_not_from_the_worker():
-    guesses = e1_inversion.prior_guesses(4)
+    guesses = inversion.prior_guesses(4)
     assert {(g.local_epochs, g.batch_size) for g in guesses} == {(1, 1), (1, 4), (5, 1), (5, 4)}
     lo, hi = views.LR_RANGE
     assert all(g.lr == pytest.approx(math.sqrt(lo * hi)) for g in guesses)
-    assert len(e1_inversion.prior_guesses(1)) == 2  # every batch is one full batch
+    assert len(inversion.prior_guesses(1)) == 2  # every batch is one full batch
     # the guessed attack never reads the worker's spec: a spec-free call reconstructs too
     fed = e1_inversion.cut_to(views.make_federation(OPTS, 5, local_epochs=5), 1)
     (v,) = views.run_arm(fed, "fedavg", 1, 5)
     delta = v.q_sent[0].astype(np.float64) - v.p_prev
-    rec = e1_inversion.guessed_inversion(fed.model, v.p_prev, delta, fed.y_parts[0], (8, 8, 1),
+    rec = inversion.guessed_inversion(fed.model, v.p_prev, delta, fed.y_parts[0], (8, 8, 1),
                                          60, jax.random.key(1))
     assert metrics.psnr(rec, fed.x_parts[0])[0] > 20
 
