@@ -237,10 +237,19 @@ def integer_votes(packed: ArrayLike, n: int, sizes: ArrayLike, pilot: ArrayLike,
     Returns:
       (i32[N, M] the rows, f32[] the scale ``c 2^-F`` that turns their sum into votes).
     """
-    w, c = update_weights(sizes, pilot, alpha0, beta, epoch, mask)
-    w = jnp.round(w * 2.0**frac_bits).astype(jnp.int32)
+    w, scale = integer_weights(sizes, pilot, alpha0, beta, epoch, mask, frac_bits)
     trits = codec.unpack_jnp(jnp.asarray(packed), n, scheme).astype(jnp.int32)
-    return trits * w[:, None], c * 2.0**-frac_bits
+    return trits * w[:, None], scale
+
+
+def integer_weights(sizes: ArrayLike, pilot: ArrayLike, alpha0: ArrayLike, beta: ArrayLike,
+                    epoch: ArrayLike, mask: ArrayLike | None = None, frac_bits: int = 0
+                    ) -> tuple[jax.Array, jax.Array]:
+    """The integer weights ``round(w_k 2^F)`` of :func:`integer_votes` (i32[N]) and the
+    scale ``c 2^-F`` (f32[]) that turns the sum of the rows into Eq. (3)'s votes; a
+    master that receives only that sum needs the scale alone."""
+    w, c = update_weights(sizes, pilot, alpha0, beta, epoch, mask)
+    return jnp.round(w * 2.0**frac_bits).astype(jnp.int32), c * 2.0**-frac_bits
 
 
 def apply_votes(q_pilot: ArrayLike, total: ArrayLike, c: ArrayLike, p_prev: ArrayLike,

@@ -131,8 +131,9 @@ def _finish_fn(model, cfg: MasterConfig, test_chunk: int, bits: int, state, sel,
     """Eq. (3) from the secure sum (as ``fedf.combine``'s secure branch), then the test
     metrics; a dropped pilot model counts as no usable pilot (P^t = P^{t-1})."""
     sel = sel._replace(pilot=jnp.where(pilot_ok, sel.pilot, -1))
-    _, c = protocol.update_weights(sizes, sel.pilot, cfg.alpha0, betas, state.epoch)
-    new = master.apply_total(state, sel, costs, q_pilot, total, c * 2.0**-bits, cfg)
+    _, scale = protocol.integer_weights(sizes, sel.pilot, cfg.alpha0, betas, state.epoch,
+                                        frac_bits=bits)
+    new = master.apply_total(state, sel, costs, q_pilot, total, scale, cfg)
     # the master sees no single ternary: the pilot guard's bands only
     guarded = {"paper_pilot": protocol.select_pilot(sel.goodness)} if cfg.pilot_guard else {}
     if x_test is None:
